@@ -1,0 +1,1 @@
+"""The revenue ledger: Stripe events -> facts -> ledger entries (accounting.md, "Revenue")."""

@@ -1,0 +1,71 @@
+"""The app factory: one FastAPI process serving the webhook, the API (and later the dashboard)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
+
+from app.api import ledger
+from app.database import libpq_url, make_engine
+from app.periods import BadParameter
+from app.schema import ensure_schema
+from app.settings import Settings, get_settings
+from ingest import stripe_webhook
+from ingest.event_writer import EventWriter
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None, *, check_schema: bool = True) -> FastAPI:
+    """Build the app. With `check_schema`, refuse to build against an unexpected schema."""
+    settings = settings or get_settings()
+    engine = make_engine(settings)
+    if check_schema:
+        ensure_schema(engine, settings)
+    writer = EventWriter(
+        libpq_url(settings), writers=settings.ingest_writers, timeout=settings.db_timeout_seconds
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await writer.start()
+        try:
+            yield
+        finally:
+            await writer.stop()
+            engine.dispose()
+
+    app = FastAPI(
+        title="ROI analytics",
+        summary="Revenue from Stripe joined with AI task costs, per income stream.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.event_writer = writer
+
+    @app.exception_handler(BadParameter)
+    async def bad_parameter(request: Request, exc: BadParameter) -> JSONResponse:
+        return JSONResponse(
+            status_code=422,
+            content={"detail": [{"loc": ["query", exc.field], "msg": exc.message}]},
+        )
+
+    @app.exception_handler(OperationalError)
+    async def database_down(request: Request, exc: OperationalError) -> JSONResponse:
+        log.warning("database unavailable: %s", exc.orig)
+        return JSONResponse(status_code=503, content={"error": "database unavailable"})
+
+    @app.get("/healthz", tags=["operations"], summary="The process is alive")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    app.include_router(stripe_webhook.router)
+    app.include_router(ledger.router)
+    return app

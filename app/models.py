@@ -1,0 +1,215 @@
+"""The schema, as SQLAlchemy Core tables. Migrations must produce exactly this (`roi migrate --check`).
+
+Money columns are integers in the currency's minor unit with a lower-case ISO 4217 code beside
+them. Stripe facts (charges, refunds, disputes, balance transactions, attribution hints) are
+merged from events with order-independent rules (see app/ledger.py); `ledger_entries` is
+derived from them and is what every figure is summed from. An `event_id` column on a fact or an
+entry holds the smallest id among the events that announced it: deterministic, whatever the
+arrival order.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    SmallInteger,
+    Table,
+    Text,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def _ts(name: str, nullable: bool = True) -> Column[object]:
+    return Column(name, DateTime(timezone=True), nullable=nullable)
+
+
+# Every Stripe event as received, kept whatever happens to it.
+stripe_events = Table(
+    "stripe_events",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("type", Text, nullable=False),
+    Column("api_version", Text),
+    _ts("created", nullable=False),
+    Column("livemode", Boolean, nullable=False),
+    Column("payload", JSONB, nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("status", Text, nullable=False),
+    Column("error", Text),
+    Column("attempts", Integer, nullable=False, server_default=text("1")),
+    _ts("processed_at"),
+    CheckConstraint("status IN ('processed', 'ignored', 'failed')", name="status"),
+    Index("ix_stripe_events_status_failed", "status", postgresql_where=text("status = 'failed'")),
+    Index("ix_stripe_events_created", "created"),
+)
+
+# Merged state of each charge. A row may exist before the charge itself is seen (a refund or
+# dispute arrived first, or a payment intent pointed at it): then `created` is null and the
+# charge is not revenue yet. Its stream is resolved when its ledger entries are rebuilt.
+charges = Table(
+    "charges",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("currency", Text),
+    Column("amount", BigInteger),
+    Column("amount_captured", BigInteger),
+    Column("captured", Boolean, nullable=False, server_default=text("false")),
+    Column("succeeded", Boolean, nullable=False, server_default=text("false")),
+    _ts("created"),
+    Column("payment_intent", Text),
+    Column("invoice", Text),
+    Column("customer", Text),
+    Column("balance_transaction", Text),
+    # The stream named in the charge's own metadata, from the newest event that carried the
+    # charge; (meta_event_created, meta_event_id) orders observations deterministically.
+    Column("meta_stream", Text),
+    _ts("meta_event_created"),
+    Column("meta_event_id", Text),
+    # High-water mark of the cumulative amount_refunded, and when it was first reached.
+    Column("amount_refunded", BigInteger, nullable=False, server_default=text("0")),
+    _ts("amount_refunded_at"),
+    Column("event_id", Text),
+    Index("ix_charges_payment_intent", "payment_intent"),
+    Index("ix_charges_invoice", "invoice"),
+)
+
+refunds = Table(
+    "refunds",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("charge_id", Text, nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("currency", Text, nullable=False),
+    _ts("created", nullable=False),
+    Column("status", Text, nullable=False),
+    # pending < succeeded < failed/canceled: a refund only ever moves up this order.
+    Column("status_rank", SmallInteger, nullable=False),
+    _ts("reversed_at"),
+    Column("balance_transaction", Text),
+    Column("event_id", Text),
+    Index("ix_refunds_charge_id", "charge_id"),
+)
+
+disputes = Table(
+    "disputes",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("charge_id", Text, nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("currency", Text, nullable=False),
+    _ts("created", nullable=False),
+    Column("withdrawn", Boolean, nullable=False, server_default=text("false")),
+    _ts("withdrawn_at"),
+    Column("reinstated", Boolean, nullable=False, server_default=text("false")),
+    _ts("reinstated_at"),
+    Column("event_id", Text),
+    Index("ix_disputes_charge_id", "charge_id"),
+)
+
+# Stripe balance transactions: the settlement amount and the fee of a movement. Filled from
+# disputes (which embed them) and, with an API key, fetched for charges and refunds.
+balance_transactions = Table(
+    "balance_transactions",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("charge_id", Text, nullable=False),
+    Column("source_id", Text, nullable=False),
+    Column("type", Text, nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("fee", BigInteger, nullable=False),
+    Column("net", BigInteger, nullable=False),
+    Column("currency", Text, nullable=False),
+    Column("exchange_rate", Numeric(24, 12)),
+    _ts("created", nullable=False),
+    Index("ix_balance_transactions_charge_id", "charge_id"),
+)
+
+# What a charge came from: metadata and ids seen on payment intents, invoices, checkout
+# sessions, subscriptions, prices and products, anchored at the charge, payment intent or
+# invoice id through which they reach a charge. `priority` orders sources for attribution.
+attribution_hints = Table(
+    "attribution_hints",
+    metadata,
+    Column("anchor_id", Text, primary_key=True),
+    Column("source_id", Text, primary_key=True),
+    Column("priority", SmallInteger, nullable=False),
+    Column("stream", Text),
+    _ts("event_created", nullable=False),
+    Column("event_id", Text, nullable=False),
+)
+
+# Admin-edited: Stripe product, price or customer id -> stream.
+stream_mappings = Table(
+    "stream_mappings",
+    metadata,
+    Column("stripe_id", Text, primary_key=True),
+    Column("stream", Text, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint(
+        "stripe_id ~ '^(prod|price|cus)_'",
+        name="stripe_id_kind",
+    ),
+)
+
+# The revenue ledger: one row per money movement, signed, in minor units.
+ledger_entries = Table(
+    "ledger_entries",
+    metadata,
+    Column("entry_key", Text, primary_key=True),
+    Column("kind", Text, nullable=False),
+    Column("charge_id", Text, nullable=False),
+    Column("object_id", Text, nullable=False),
+    Column("stream", Text, nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("currency", Text, nullable=False),
+    _ts("booked_at", nullable=False),
+    Column("balance_transaction", Text),
+    Column("event_id", Text),
+    CheckConstraint("kind IN ('charge', 'refund', 'dispute', 'fee')", name="kind"),
+    Index("ix_ledger_entries_charge_id", "charge_id"),
+    Index("ix_ledger_entries_booked_at", "booked_at"),
+)
+
+# AI task costs. Filled by the task intake; see docs/ for the table contract.
+execution_tasks = Table(
+    "execution_tasks",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("external_id", Text, nullable=False, unique=True),
+    Column("stream", Text, nullable=False),
+    Column("task_type", Text, nullable=False),
+    Column("ai_model", Text),
+    Column("status", Text, nullable=False),
+    _ts("started_at", nullable=False),
+    _ts("finished_at"),
+    Column("duration_ms", BigInteger),
+    Column("tokens_in", BigInteger),
+    Column("tokens_out", BigInteger),
+    Column("gpu_seconds", Numeric(18, 6)),
+    # Sub-cent AI costs are common, so this minor-unit amount keeps six decimals (never float).
+    Column("cost_amount", Numeric(24, 6)),
+    Column("cost_currency", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("ix_execution_tasks_started_at", "started_at"),
+)

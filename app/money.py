@@ -1,0 +1,31 @@
+"""Currencies and their minor units, as Stripe counts them (accounting.md, "Money")."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+ZERO_DECIMAL = frozenset(
+    "bif clp djf gnf jpy kmf krw mga pyg rwf ugx vnd vuv xaf xof xpf".split()
+)
+THREE_DECIMAL = frozenset("bhd jod kwd omr tnd".split())
+
+
+def exponent(currency: str) -> int:
+    """How many decimals the currency's minor unit has."""
+    code = currency.lower()
+    if code in ZERO_DECIMAL:
+        return 0
+    if code in THREE_DECIMAL:
+        return 3
+    return 2
+
+
+def to_major(amount_minor: int, currency: str) -> Decimal:
+    """An exact decimal in major units: 1234 usd -> Decimal('12.34'), 1234 jpy -> Decimal('1234')."""
+    return Decimal(amount_minor).scaleb(-exponent(currency))
+
+
+def format_major(amount_minor: int, currency: str) -> str:
+    """The decimal string finance reads: '12.34', '-0.50', '1234', '1.234'."""
+    places = exponent(currency)
+    return f"{to_major(amount_minor, currency):.{places}f}"
