@@ -26,7 +26,7 @@ def embedded_database_url(settings: Settings) -> str:
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     pgdata = settings.data_dir / "pgdata"
-    server = pgserver.get_server(pgdata, cleanup_mode=None)
+    server = pgserver.get_server(pgdata, cleanup_mode=None)  # type: ignore[attr-defined]
     server.psql("SELECT 1;")
     url: str = server.get_uri()
     log.info("using the embedded PostgreSQL in %s", pgdata)

@@ -1,4 +1,6 @@
-"""The schema, as SQLAlchemy Core tables. Migrations must produce exactly this (`roi migrate --check`).
+"""The schema, as SQLAlchemy Core tables.
+
+The migrations must produce exactly this; `roi migrate --check` fails when they do not.
 
 Money columns are integers in the currency's minor unit with a lower-case ISO 4217 code beside
 them. Stripe facts (charges, refunds, disputes, balance transactions, attribution hints) are

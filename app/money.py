@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-ZERO_DECIMAL = frozenset(
-    "bif clp djf gnf jpy kmf krw mga pyg rwf ugx vnd vuv xaf xof xpf".split()
-)
-THREE_DECIMAL = frozenset("bhd jod kwd omr tnd".split())
+# fmt: off
+ZERO_DECIMAL = frozenset([
+    "bif", "clp", "djf", "gnf", "jpy", "kmf", "krw", "mga",
+    "pyg", "rwf", "ugx", "vnd", "vuv", "xaf", "xof", "xpf",
+])
+# fmt: on
+THREE_DECIMAL = frozenset(["bhd", "jod", "kwd", "omr", "tnd"])
 
 
 def exponent(currency: str) -> int:
@@ -21,7 +24,7 @@ def exponent(currency: str) -> int:
 
 
 def to_major(amount_minor: int, currency: str) -> Decimal:
-    """An exact decimal in major units: 1234 usd -> Decimal('12.34'), 1234 jpy -> Decimal('1234')."""
+    """An exact decimal in major units: 1234 usd -> 12.34, 1234 jpy -> 1234."""
     return Decimal(amount_minor).scaleb(-exponent(currency))
 
 

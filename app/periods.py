@@ -29,7 +29,9 @@ def instant(value: str, tz: ZoneInfo, field: str) -> datetime:
             return datetime.combine(date.fromisoformat(value), time(0), tzinfo=tz)
         parsed = datetime.fromisoformat(value)
     except ValueError as exc:
-        raise BadParameter(field, f"expected YYYY-MM-DD or an ISO 8601 datetime, got {value!r}") from exc
+        raise BadParameter(
+            field, f"expected YYYY-MM-DD or an ISO 8601 datetime, got {value!r}"
+        ) from exc
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=tz)
 
 

@@ -133,7 +133,10 @@ async def stripe_webhook(request: Request) -> Response:
     except UnicodeDecodeError:
         return _error(400, "body is not UTF-8")
     problem = _verify(
-        payload, request.headers.get("stripe-signature"), secrets, settings.webhook_tolerance_seconds
+        payload,
+        request.headers.get("stripe-signature"),
+        secrets,
+        settings.webhook_tolerance_seconds,
     )
     if problem:
         return _error(400, problem)

@@ -48,7 +48,13 @@ POINTER_EVENTS = frozenset(
 HANDLED_EVENTS = CHARGE_EVENTS | REFUND_EVENTS | DISPUTE_EVENTS | POINTER_EVENTS
 
 # Refund statuses in the only order a refund moves through them.
-REFUND_STATUS_RANK = {"pending": 0, "requires_action": 0, "succeeded": 1, "failed": 2, "canceled": 2}
+REFUND_STATUS_RANK = {
+    "pending": 0,
+    "requires_action": 0,
+    "succeeded": 1,
+    "failed": 2,
+    "canceled": 2,
+}
 REVERSED_REFUND_RANK = 2
 
 # Which source's metadata wins when several name a stream (accounting.md, attribution step 2).
@@ -369,15 +375,13 @@ def _invoice(
         )
     anchors = [invoice, charge_id, pi]
     _hint(facts, anchors, invoice, "invoice", obj, event_id, created, stream_key)
-    parent = obj.get("parent") if isinstance(obj.get("parent"), Mapping) else {}
-    details = obj.get("subscription_details") or parent.get("subscription_details")
-    subscription = _ref(obj.get("subscription")) or (
-        _ref(details.get("subscription")) if isinstance(details, Mapping) else None
+    # Older API versions put subscription_details on the invoice, newer ones under parent.
+    details = _obj(obj.get("subscription_details")) or _obj(
+        _obj(obj.get("parent")).get("subscription_details")
     )
+    subscription = _ref(obj.get("subscription")) or _ref(details.get("subscription"))
     if subscription:
-        meta_holder = details if isinstance(details, Mapping) else {}
-        _hint(facts, anchors, subscription, "subscription", meta_holder, event_id, created,
-              stream_key)
+        _hint(facts, anchors, subscription, "subscription", details, event_id, created, stream_key)
     lines = obj.get("lines")
     for line in lines.get("data", []) if isinstance(lines, Mapping) else []:
         if not isinstance(line, Mapping):
@@ -387,8 +391,7 @@ def _invoice(
             price_id, product = _ref(price), _ref(price.get("product"))
             price_meta: Mapping[str, Any] = price
         else:  # newer API versions: line.pricing.price_details
-            pricing = line.get("pricing") if isinstance(line.get("pricing"), Mapping) else {}
-            price_details = pricing.get("price_details") or {}
+            price_details = _obj(_obj(line.get("pricing")).get("price_details"))
             price_id = _ref(price_details.get("price"))
             product = _ref(price_details.get("product"))
             price_meta = {}
@@ -444,6 +447,11 @@ def _stream(holder: Mapping[str, Any], stream_key: str) -> str | None:
         return None
     value = str(value).strip()
     return value or None
+
+
+def _obj(value: Any) -> Mapping[str, Any]:
+    """A nested object, or an empty one when Stripe sent null, an id or nothing."""
+    return value if isinstance(value, Mapping) else {}
 
 
 def _ref(value: Any) -> str | None:

@@ -72,11 +72,13 @@ ON CONFLICT (id) DO UPDATE SET
     balance_transaction = COALESCE(c.balance_transaction, EXCLUDED.balance_transaction),
     meta_stream = CASE WHEN (EXCLUDED.meta_event_created, EXCLUDED.meta_event_id)
                             > (c.meta_event_created, c.meta_event_id)
-                         OR (c.meta_event_created IS NULL AND EXCLUDED.meta_event_created IS NOT NULL)
+                         OR (c.meta_event_created IS NULL
+                             AND EXCLUDED.meta_event_created IS NOT NULL)
                        THEN EXCLUDED.meta_stream ELSE c.meta_stream END,
     meta_event_id = CASE WHEN (EXCLUDED.meta_event_created, EXCLUDED.meta_event_id)
                               > (c.meta_event_created, c.meta_event_id)
-                           OR (c.meta_event_created IS NULL AND EXCLUDED.meta_event_created IS NOT NULL)
+                           OR (c.meta_event_created IS NULL
+                               AND EXCLUDED.meta_event_created IS NOT NULL)
                          THEN EXCLUDED.meta_event_id ELSE c.meta_event_id END,
     meta_event_created = GREATEST(c.meta_event_created, EXCLUDED.meta_event_created),
     amount_refunded = GREATEST(c.amount_refunded, EXCLUDED.amount_refunded),

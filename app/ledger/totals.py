@@ -35,16 +35,26 @@ def ledger_totals(conn: Connection, start: datetime, end: datetime) -> list[Stre
     """Sums of the ledger booked in [start, end), signed as stored (refunds, disputes, fees < 0)."""
     le = ledger_entries.c
     query = (
-        select(le.stream, le.currency, _sum_of("charge"), _sum_of("refund"), _sum_of("dispute"),
-               _sum_of("fee"))
+        select(
+            le.stream,
+            le.currency,
+            _sum_of("charge"),
+            _sum_of("refund"),
+            _sum_of("dispute"),
+            _sum_of("fee"),
+        )
         .where(le.booked_at >= start, le.booked_at < end)
         .group_by(le.stream, le.currency)
         .order_by(le.stream, le.currency)
     )
     return [
         StreamCurrencyTotals(
-            stream=row.stream, currency=row.currency, gross=int(row.charge),
-            refunds=int(row.refund), disputes=int(row.dispute), fees=int(row.fee),
+            stream=row.stream,
+            currency=row.currency,
+            gross=int(row.charge),
+            refunds=int(row.refund),
+            disputes=int(row.dispute),
+            fees=int(row.fee),
         )
         for row in conn.execute(query)
     ]
