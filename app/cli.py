@@ -5,12 +5,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from typing import Annotated, Any
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
 
 import typer
 from sqlalchemy import Engine
 
+from app.ledger.store import set_stream_mapping
 from app.settings import get_settings
+
+T = TypeVar("T")
 
 cli = typer.Typer(
     help="ROI analytics: revenue from Stripe joined with AI task costs.",
@@ -172,6 +176,47 @@ async def _replay(failed: bool, ids: list[str]) -> dict[str, int]:
             outcome = await write_now(conn, stored)
             counts[outcome.value] = counts.get(outcome.value, 0) + 1
     return counts
+
+
+streams = typer.Typer(help="Map Stripe product, price or customer ids to streams.")
+cli.add_typer(streams, name="streams")
+
+
+@streams.command("map")
+def map_stream(
+    stripe_id: Annotated[str, typer.Argument(help="prod_..., price_... or cus_...")],
+    stream: Annotated[str, typer.Argument(help="The stream name.")],
+) -> None:
+    """Attribute revenue of this product, price or customer to a stream (history included)."""
+    _set_mapping(stripe_id, stream.strip())
+
+
+@streams.command("unmap")
+def unmap_stream(
+    stripe_id: Annotated[str, typer.Argument(help="prod_..., price_... or cus_...")],
+) -> None:
+    """Remove a mapping; the charges it reached are attributed again without it."""
+    _set_mapping(stripe_id, None)
+
+
+def _set_mapping(stripe_id: str, stream: str | None) -> None:
+    if not stripe_id.startswith(("prod_", "price_", "cus_")):
+        _fail(f"stripe_id: expected a prod_, price_ or cus_ id, got {stripe_id!r}")
+    if stream == "":
+        _fail("stream: must not be empty")
+    count = asyncio.run(_with_connection(lambda conn: set_stream_mapping(conn, stripe_id, stream)))
+    verb = f"mapped to {stream!r}" if stream else "unmapped"
+    typer.echo(f"{stripe_id} {verb}; {count} charge(s) re-attributed")
+
+
+async def _with_connection(work: Callable[[Any], Awaitable[T]]) -> T:
+    import psycopg
+
+    from app.database import libpq_url
+
+    url = libpq_url(get_settings())
+    async with await psycopg.AsyncConnection.connect(url) as conn, conn.transaction():
+        return await work(conn)
 
 
 def main() -> None:

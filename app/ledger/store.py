@@ -332,3 +332,31 @@ async def record_failure(conn: AsyncConnection[Any], event: StoredEvent, error: 
             "error": error[:2000],
         },
     )
+
+
+CHARGES_OF_STRIPE_ID_SQL = """
+SELECT id FROM charges WHERE customer = %(sid)s
+UNION
+SELECT c.id FROM attribution_hints h
+JOIN charges c ON h.anchor_id IN (c.id, c.payment_intent, c.invoice)
+WHERE h.source_id = %(sid)s
+"""
+
+
+async def set_stream_mapping(conn: AsyncConnection[Any], stripe_id: str, stream: str | None) -> int:
+    """Map a product, price or customer id to a stream (None removes the mapping), and
+    re-attribute the history of every charge it reaches. Returns how many charges."""
+    await conn.execute(LOCK_KEYS_SQL, {"keys": [stripe_id]})
+    if stream is None:
+        await conn.execute("DELETE FROM stream_mappings WHERE stripe_id = %s", (stripe_id,))
+    else:
+        await conn.execute(
+            "INSERT INTO stream_mappings (stripe_id, stream) VALUES (%s, %s)"
+            " ON CONFLICT (stripe_id) DO UPDATE SET stream = EXCLUDED.stream, updated_at = now()",
+            (stripe_id, stream),
+        )
+    rows = await (await conn.execute(CHARGES_OF_STRIPE_ID_SQL, {"sid": stripe_id})).fetchall()
+    charge_ids = sorted(row[0] for row in rows)
+    if charge_ids:
+        await rebuild_ledger(conn, charge_ids)
+    return len(charge_ids)
