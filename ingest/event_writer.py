@@ -77,9 +77,12 @@ class EventWriter:
         await self._pool.open(wait=False)
         self._tasks = [asyncio.create_task(self._run()) for _ in range(self._writers)]
 
-    async def stop(self) -> None:
-        while not self._queue.empty():  # let in-flight events finish
-            await asyncio.sleep(0.01)
+    async def stop(self, grace: float = 10.0) -> None:
+        """Finish every event already submitted (within `grace` seconds), then close."""
+        try:
+            await asyncio.wait_for(self._queue.join(), timeout=grace)
+        except TimeoutError:
+            log.error("stopping with events still queued after %.0f s", grace)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -107,6 +110,7 @@ class EventWriter:
             for (_, future), outcome in zip(batch, outcomes, strict=True):
                 if not future.done():
                     future.set_result(outcome)
+                self._queue.task_done()
 
     async def _write_batch(self, events: Sequence[StoredEvent]) -> list[Outcome]:
         unique: dict[str, StoredEvent] = {}
