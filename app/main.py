@@ -15,8 +15,8 @@ from app.database import libpq_url, make_engine
 from app.periods import BadParameter
 from app.schema import ensure_schema
 from app.settings import Settings, get_settings
-from ingest import stripe_webhook
 from ingest.event_writer import EventWriter
+from ingest.stripe_webhook import StripeWebhookEndpoint
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,6 @@ def create_app(settings: Settings | None = None, *, check_schema: bool = True) -
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    app.include_router(stripe_webhook.router)
+    app.add_middleware(StripeWebhookEndpoint, settings=settings, writer=writer)
     app.include_router(ledger.router)
     return app

@@ -141,7 +141,7 @@ class EventWriter:
             async for attempt in AsyncRetrying(
                 retry=retry_if_exception_type(RETRYABLE),
                 stop=stop_after_delay(self._timeout * 2),
-                wait=wait_exponential_jitter(initial=0.005, max=0.2),
+                wait=wait_exponential_jitter(multiplier=0.005, max=0.2),
                 reraise=True,
             ):
                 with attempt:

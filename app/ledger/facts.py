@@ -334,7 +334,8 @@ def _balance_transaction(
         fee=_opt_int(txn, "fee", where) or 0,
         net=_int(txn, "net", where),
         currency=_currency(txn, where),
-        # The webhook parses JSON numbers as Decimal, so str() keeps every digit Stripe sent.
+        # Stripe's rates have at most ~10 significant digits, so the shortest repr of the
+        # parsed float is exactly the decimal Stripe sent; it is stored as numeric.
         exchange_rate=None if rate is None else str(rate),
         created=_int(txn, "created", where),
     )
