@@ -39,7 +39,8 @@ class Outcome(enum.StrEnum):
     PROCESSED = "processed"
     IGNORED = "ignored"
     DUPLICATE = "duplicate"
-    FAILED = "failed"
+    FAILED = "failed"  # kept with its error, to be processed again
+    UNSTORED = "unstored"  # could not even be kept; only Stripe's redelivery will bring it back
     UNAVAILABLE = "unavailable"
 
 
@@ -163,7 +164,8 @@ class EventWriter:
         except Exception as store_exc:
             if _is_unreachable(store_exc):
                 return Outcome.UNAVAILABLE
-            raise
+            log.exception("event %s could not be stored as failed either", event.id)
+            return Outcome.UNSTORED
         return Outcome.FAILED
 
 

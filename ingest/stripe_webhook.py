@@ -7,6 +7,7 @@ process (kept raw with its error), and 503 when the database cannot be reached.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -27,6 +28,7 @@ _STATUS_FOR = {
     Outcome.IGNORED: 200,
     Outcome.DUPLICATE: 200,
     Outcome.FAILED: 500,
+    Outcome.UNSTORED: 500,
     Outcome.UNAVAILABLE: 503,
 }
 
@@ -85,9 +87,22 @@ def stored_event(
         api_version=api_version if isinstance(api_version, str) else None,
         created=event["created"],
         livemode=bool(event.get("livemode", False)),
-        payload=payload,
+        payload=storable_json(payload),
         facts=event_facts,
     )
+
+
+# A JSON \u0000 escape preceded by an even number of backslashes (so not itself escaped).
+_NUL_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
+
+
+def storable_json(payload: str) -> str:
+    """The payload as PostgreSQL's jsonb can store it: jsonb rejects the NUL character
+    (valid JSON, e.g. in a typed billing name), so it becomes U+FFFD. Everything else is
+    kept exactly as received."""
+    if "\\u0000" not in payload:
+        return payload
+    return _NUL_ESCAPE.sub(lambda m: m.group(1) + "\\ufffd", payload)
 
 
 async def receive_event(
@@ -120,6 +135,9 @@ async def receive_event(
         return status, {"error": "database unavailable, retry later", "id": event["id"]}
     if outcome is Outcome.FAILED:
         message = "event could not be processed; it is kept and will be retried"
+        return status, {"error": message, "id": event["id"]}
+    if outcome is Outcome.UNSTORED:
+        message = "event could not be processed nor kept; Stripe will deliver it again"
         return status, {"error": message, "id": event["id"]}
     return status, {"received": True, "id": event["id"], "status": outcome.value}
 

@@ -409,10 +409,9 @@ def _checkout_session(
 ) -> None:
     session = _str(obj, "id", "data.object")
     anchors = [_ref(obj.get("payment_intent")), _ref(obj.get("invoice"))]
+    # Its subscription is not hinted: the session carries none of the subscription's metadata,
+    # and an empty hint would overwrite the one the invoice gives for the same subscription.
     _hint(facts, anchors, session, "checkout_session", obj, event_id, created, stream_key)
-    subscription = _ref(obj.get("subscription"))
-    if subscription:
-        _hint(facts, anchors, subscription, "subscription", {}, event_id, created, stream_key)
 
 
 def _hint(

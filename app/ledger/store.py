@@ -182,12 +182,17 @@ movements (entry_key, kind, charge_id, object_id, amount, currency, booked_at,
     WHERE r.charge_id = ANY(%(ids)s) AND r.status_rank = 2 AND r.reversed_at IS NOT NULL
   UNION ALL
     -- A refund seen only as a rise of the charge's cumulative amount_refunded; it shrinks to
-    -- nothing as the refund objects themselves arrive.
+    -- nothing as the refund objects themselves arrive. Only captured money can be refunded:
+    -- the released part of an authorization (uncaptured, expired, or the remainder of a
+    -- partial capture) also shows in amount_refunded but was never revenue.
     SELECT t.id || ':refunded', 'refund', t.id, t.id,
-           -(t.amount_refunded - COALESCE(k.amount, 0)), t.currency, t.amount_refunded_at,
+           -(t.refunded_of_captured - COALESCE(k.amount, 0)), t.currency, t.amount_refunded_at,
            NULL, t.event_id
-    FROM targets t LEFT JOIN known_refunds k ON k.charge_id = t.id
-    WHERE t.amount_refunded > COALESCE(k.amount, 0) AND t.currency IS NOT NULL
+    FROM (SELECT *, amount_refunded - (amount - COALESCE(amount_captured, amount))
+                    AS refunded_of_captured
+          FROM targets WHERE succeeded AND captured) t
+    LEFT JOIN known_refunds k ON k.charge_id = t.id
+    WHERE t.refunded_of_captured > COALESCE(k.amount, 0) AND t.currency IS NOT NULL
   UNION ALL
     SELECT d.id, 'dispute', d.charge_id, d.id, -d.amount, d.currency,
            COALESCE(d.withdrawn_at, d.created), NULL, d.event_id
