@@ -13,6 +13,7 @@ from sqlalchemy import Engine
 
 from app.ledger.store import set_stream_mapping
 from app.settings import get_settings
+from app.tasks_cli import register as register_task_cost_commands
 
 T = TypeVar("T")
 
@@ -217,6 +218,9 @@ async def _with_connection(work: Callable[[Any], Awaitable[T]]) -> T:
     url = libpq_url(get_settings())
     async with await psycopg.AsyncConnection.connect(url) as conn, conn.transaction():
         return await work(conn)
+
+
+register_task_cost_commands(cli)
 
 
 def main() -> None:

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
-from app.api import ledger
+from app.api import fx, ledger, metrics, prices, tasks
 from app.database import libpq_url, make_engine
+from app.metrics.rollups import compact_now
 from app.periods import BadParameter
 from app.schema import ensure_schema
 from app.settings import Settings, get_settings
@@ -19,6 +23,19 @@ from ingest.event_writer import EventWriter
 from ingest.stripe_webhook import StripeWebhookEndpoint
 
 log = logging.getLogger(__name__)
+
+
+ROLLUP_COMPACTION_SECONDS = 2.0
+
+
+async def compact_rollups_forever(engine: Engine) -> None:
+    """Keep the rollups small. Figures do not wait for this: readers sum uncompacted rows."""
+    while True:
+        await asyncio.sleep(ROLLUP_COMPACTION_SECONDS)
+        try:
+            await asyncio.to_thread(compact_now, engine)
+        except Exception as exc:  # the database may be briefly away; try again next round
+            log.warning("rollup compaction failed: %s", exc)
 
 
 def create_app(settings: Settings | None = None, *, check_schema: bool = True) -> FastAPI:
@@ -34,9 +51,13 @@ def create_app(settings: Settings | None = None, *, check_schema: bool = True) -
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await writer.start()
+        compactor = asyncio.create_task(compact_rollups_forever(engine))
         try:
             yield
         finally:
+            compactor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await compactor
             await writer.stop()
             engine.dispose()
 
@@ -68,4 +89,8 @@ def create_app(settings: Settings | None = None, *, check_schema: bool = True) -
 
     app.add_middleware(StripeWebhookEndpoint, settings=settings, writer=writer)
     app.include_router(ledger.router)
+    app.include_router(metrics.router)
+    app.include_router(tasks.router)
+    app.include_router(prices.router)
+    app.include_router(fx.router)
     return app

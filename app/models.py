@@ -17,7 +17,10 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     Column,
+    Computed,
+    Date,
     DateTime,
+    ForeignKey,
     Index,
     Integer,
     MetaData,
@@ -63,6 +66,7 @@ stripe_events = Table(
     CheckConstraint("status IN ('processed', 'ignored', 'failed')", name="status"),
     Index("ix_stripe_events_status_failed", "status", postgresql_where=text("status = 'failed'")),
     Index("ix_stripe_events_created", "created"),
+    Index("ix_stripe_events_received_at", "received_at"),
 )
 
 # Merged state of each charge. A row may exist before the charge itself is seen (a refund or
@@ -187,6 +191,9 @@ ledger_entries = Table(
     _ts("booked_at", nullable=False),
     Column("balance_transaction", Text),
     Column("event_id", Text),
+    # What the movement settled as in the Stripe balance, when its balance transaction is known.
+    Column("settlement_amount", BigInteger),
+    Column("settlement_currency", Text),
     CheckConstraint("kind IN ('charge', 'refund', 'dispute', 'fee')", name="kind"),
     Index("ix_ledger_entries_charge_id", "charge_id"),
     Index("ix_ledger_entries_booked_at", "booked_at"),
@@ -211,7 +218,175 @@ execution_tasks = Table(
     # Sub-cent AI costs are common, so this minor-unit amount keeps six decimals (never float).
     Column("cost_amount", Numeric(24, 6)),
     Column("cost_currency", Text),
+    # The cost from the model price valid at started_at (app/pricing.py), same unit as
+    # cost_amount; null when a cost was sent or no price applies. Owned by the app.
+    Column("priced_amount", Numeric(24, 6)),
+    Column("priced_currency", Text),
+    Column("price_id", BigInteger, ForeignKey("model_prices.id")),
+    Column(
+        "cost_source",
+        Text,
+        Computed(
+            "CASE WHEN cost_amount IS NOT NULL THEN 'sent' "
+            "WHEN priced_amount IS NOT NULL THEN 'priced' ELSE 'unpriced' END",
+            persisted=True,
+        ),
+        nullable=False,
+    ),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint(
+        "status IN ('queued', 'running', 'succeeded', 'failed', 'canceled')", name="status"
+    ),
+    CheckConstraint(
+        "finished_at IS NULL OR finished_at >= started_at", name="finished_after_start"
+    ),
+    CheckConstraint(
+        "duration_ms >= 0 AND tokens_in >= 0 AND tokens_out >= 0 AND gpu_seconds >= 0",
+        name="usage_non_negative",
+    ),
+    CheckConstraint(
+        "(cost_amount IS NULL) = (cost_currency IS NULL) AND cost_amount >= 0 "
+        "AND cost_currency ~ '^[a-z]{3}$'",
+        name="cost",
+    ),
+    CheckConstraint(
+        "(priced_amount IS NULL) = (priced_currency IS NULL) "
+        "AND (priced_amount IS NULL) = (price_id IS NULL) "
+        "AND (cost_amount IS NULL OR priced_amount IS NULL)",
+        name="priced",
+    ),
     Index("ix_execution_tasks_started_at", "started_at"),
+    Index("ix_execution_tasks_updated_at", "updated_at"),
+    Index("ix_execution_tasks_ai_model_started_at", "ai_model", "started_at"),
 )
+
+# Model prices with validity periods [valid_from, valid_to) (valid_to null = open-ended), in
+# MAJOR units of `currency`: per million input tokens, per million output tokens, per
+# GPU-second. A null component is not charged. Periods of one model never overlap; the app
+# (app/pricing.py) checks that under a lock, as it is the only writer.
+model_prices = Table(
+    "model_prices",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("ai_model", Text, nullable=False),
+    Column("currency", Text, nullable=False),
+    Column("per_million_in", Numeric(24, 12)),
+    Column("per_million_out", Numeric(24, 12)),
+    Column("per_gpu_second", Numeric(24, 12)),
+    _ts("valid_from", nullable=False),
+    _ts("valid_to"),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint("currency ~ '^[a-z]{3}$'", name="currency"),
+    CheckConstraint(
+        "per_million_in IS NOT NULL OR per_million_out IS NOT NULL OR per_gpu_second IS NOT NULL",
+        name="some_component",
+    ),
+    CheckConstraint(
+        "per_million_in >= 0 AND per_million_out >= 0 AND per_gpu_second >= 0",
+        name="components_non_negative",
+    ),
+    CheckConstraint("valid_to IS NULL OR valid_to > valid_from", name="period"),
+    Index("ix_model_prices_ai_model_valid_from", "ai_model", "valid_from", unique=True),
+)
+
+# The audit log of price changes: what changed (old and new values of the price row), how many
+# tasks' priced costs changed with it, who (for now only the channel: 'cli' or 'api') and when.
+model_price_changes = Table(
+    "model_price_changes",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("price_id", BigInteger, ForeignKey("model_prices.id")),
+    Column("ai_model", Text),
+    Column("action", Text, nullable=False),
+    Column("old_values", JSONB),
+    Column("new_values", JSONB),
+    Column("tasks_recomputed", BigInteger, nullable=False),
+    Column("actor", Text, nullable=False),
+    Column("changed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint("action IN ('create', 'update', 'end', 'reprice')", name="action"),
+    CheckConstraint("actor IN ('cli', 'api')", name="actor"),
+    Index("ix_model_price_changes_price_id", "price_id"),
+)
+
+# FX rates by day: one unit (major) of `currency` is worth `rate` units of `quote_currency`.
+# Used when no settlement amount is known (accounting.md, "Money"); see app/fx.py.
+fx_rates = Table(
+    "fx_rates",
+    metadata,
+    Column("day", Date, primary_key=True),
+    Column("currency", Text, primary_key=True),
+    Column("quote_currency", Text, primary_key=True),
+    Column("rate", Numeric(24, 12), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint(
+        "currency ~ '^[a-z]{3}$' AND quote_currency ~ '^[a-z]{3}$' AND currency <> quote_currency",
+        name="currencies",
+    ),
+    CheckConstraint("rate > 0", name="rate_positive"),
+)
+# --- Pre-aggregated figures (migration 0004) ------------------------------------------------
+# Append-only hourly rollups kept by statement triggers on ledger_entries and execution_tasks:
+# a write appends its net change (an update: the old row negated, then the new one). Readers
+# always sum every row of a key; compaction merges them in the background. `bucket` is the
+# UTC hour. Ledger amounts are minor units of `currency`; settled_* are the settlement amounts
+# of the same entries in `settlement_currency` ('' when not known).
+
+
+def _counter(name: str) -> Column[int]:
+    return Column(name, BigInteger, nullable=False, server_default=text("0"))
+
+
+ledger_rollup = Table(
+    "ledger_rollup",
+    metadata,
+    Column("bucket", DateTime(timezone=True), nullable=False),
+    Column("stream", Text, nullable=False),
+    Column("currency", Text, nullable=False),
+    Column("settlement_currency", Text, nullable=False),
+    *[_counter(m) for m in ("gross", "refunds", "disputes", "fees")],
+    *[_counter("settled_" + m) for m in ("gross", "refunds", "disputes", "fees")],
+    _counter("entries"),
+    Column("compacted", Boolean, nullable=False, server_default=text("false")),
+    Index("ix_ledger_rollup_bucket", "bucket"),
+    Index("ix_ledger_rollup_pending", "bucket", postgresql_where=text("NOT compacted")),
+)
+
+
+def _task_rollup(name: str, *detail: Column[object]) -> Table:
+    return Table(
+        name,
+        metadata,
+        Column("bucket", DateTime(timezone=True), nullable=False),
+        Column("stream", Text, nullable=False),
+        *detail,
+        Column("currency", Text, nullable=False),
+        _counter("tasks"),
+        _counter("unpriced"),
+        # Effective cost (as sent, else as priced) in minor units of `currency`.
+        Column("cost", Numeric(30, 6), nullable=False, server_default=text("0")),
+        *(
+            [
+                _counter("succeeded"),
+                _counter("failed"),
+                _counter("duration_ms"),
+                _counter("durations"),
+            ]
+            if detail
+            else []
+        ),
+        Column("compacted", Boolean, nullable=False, server_default=text("false")),
+        Index(f"ix_{name}_bucket", "bucket"),
+        Index(f"ix_{name}_pending", "bucket", postgresql_where=text("NOT compacted")),
+    )
+
+
+# Per stream, model and task type: for the models view and for filtered summaries.
+task_rollup = _task_rollup(
+    "task_rollup",
+    Column("ai_model", Text, nullable=False),
+    Column("task_type", Text, nullable=False),
+)
+# Per stream only: what the per-stream summary needs, 1/(models x task types) of the rows.
+task_stream_rollup = _task_rollup("task_stream_rollup")

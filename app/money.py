@@ -32,3 +32,14 @@ def format_major(amount_minor: int, currency: str) -> str:
     """The decimal string finance reads: '12.34', '-0.50', '1234', '1.234'."""
     places = exponent(currency)
     return f"{to_major(amount_minor, currency):.{places}f}"
+
+
+def minor_unit_factor_sql(currency_column: str) -> str:
+    """SQL for 10 ** exponent(currency_column): the same lists as `exponent`, for queries that
+    turn major units into minor ones (pricing, FX conversion)."""
+    zero = ", ".join(f"'{code}'" for code in sorted(ZERO_DECIMAL))
+    three = ", ".join(f"'{code}'" for code in sorted(THREE_DECIMAL))
+    return (
+        f"(CASE WHEN {currency_column} IN ({zero}) THEN 1 "
+        f"WHEN {currency_column} IN ({three}) THEN 1000 ELSE 100 END)"
+    )

@@ -166,18 +166,23 @@ known_refunds AS (
     SELECT r.charge_id, sum(r.amount) AS amount
     FROM refunds r WHERE r.charge_id = ANY(%(ids)s) GROUP BY r.charge_id
 ),
+-- settlement_amount/currency: what the movement settled as in the Stripe balance, from its
+-- balance transaction when that is known (the first choice for converting to the reporting
+-- currency). A fee is itself in the settlement currency.
 movements (entry_key, kind, charge_id, object_id, amount, currency, booked_at,
-           balance_transaction, event_id) AS (
+           balance_transaction, event_id, settlement_amount, settlement_currency) AS (
     SELECT t.id, 'charge', t.id, t.id, COALESCE(t.amount_captured, t.amount), t.currency,
-           t.created, t.balance_transaction, t.event_id
-    FROM targets t WHERE t.succeeded AND t.captured AND t.created IS NOT NULL
+           t.created, t.balance_transaction, t.event_id, bt.amount, bt.currency
+    FROM targets t LEFT JOIN balance_transactions bt ON bt.id = t.balance_transaction
+    WHERE t.succeeded AND t.captured AND t.created IS NOT NULL
   UNION ALL
     SELECT r.id, 'refund', r.charge_id, r.id, -r.amount, r.currency, r.created,
-           r.balance_transaction, r.event_id
-    FROM refunds r WHERE r.charge_id = ANY(%(ids)s)
+           r.balance_transaction, r.event_id, bt.amount, bt.currency
+    FROM refunds r LEFT JOIN balance_transactions bt ON bt.id = r.balance_transaction
+    WHERE r.charge_id = ANY(%(ids)s)
   UNION ALL
     SELECT r.id || ':reversal', 'refund', r.charge_id, r.id, r.amount, r.currency, r.reversed_at,
-           NULL, r.event_id
+           NULL, r.event_id, NULL, NULL
     FROM refunds r
     WHERE r.charge_id = ANY(%(ids)s) AND r.status_rank = 2 AND r.reversed_at IS NOT NULL
   UNION ALL
@@ -187,7 +192,7 @@ movements (entry_key, kind, charge_id, object_id, amount, currency, booked_at,
     -- partial capture) also shows in amount_refunded but was never revenue.
     SELECT t.id || ':refunded', 'refund', t.id, t.id,
            -(t.refunded_of_captured - COALESCE(k.amount, 0)), t.currency, t.amount_refunded_at,
-           NULL, t.event_id
+           NULL, t.event_id, NULL, NULL
     FROM (SELECT *, amount_refunded - (amount - COALESCE(amount_captured, amount))
                     AS refunded_of_captured
           FROM targets WHERE succeeded AND captured) t
@@ -195,17 +200,25 @@ movements (entry_key, kind, charge_id, object_id, amount, currency, booked_at,
     WHERE t.refunded_of_captured > COALESCE(k.amount, 0) AND t.currency IS NOT NULL
   UNION ALL
     SELECT d.id, 'dispute', d.charge_id, d.id, -d.amount, d.currency,
-           COALESCE(d.withdrawn_at, d.created), NULL, d.event_id
-    FROM disputes d WHERE d.charge_id = ANY(%(ids)s) AND d.withdrawn
+           COALESCE(d.withdrawn_at, d.created), bt.id, d.event_id, bt.amount, bt.currency
+    FROM disputes d
+    LEFT JOIN LATERAL (SELECT * FROM balance_transactions b
+                       WHERE b.source_id = d.id AND b.amount < 0
+                       ORDER BY b.created, b.id LIMIT 1) bt ON true
+    WHERE d.charge_id = ANY(%(ids)s) AND d.withdrawn
   UNION ALL
     SELECT d.id || ':reinstated', 'dispute', d.charge_id, d.id, d.amount, d.currency,
-           COALESCE(d.reinstated_at, d.created), NULL, d.event_id
-    FROM disputes d WHERE d.charge_id = ANY(%(ids)s) AND d.withdrawn AND d.reinstated
+           COALESCE(d.reinstated_at, d.created), bt.id, d.event_id, bt.amount, bt.currency
+    FROM disputes d
+    LEFT JOIN LATERAL (SELECT * FROM balance_transactions b
+                       WHERE b.source_id = d.id AND b.amount > 0
+                       ORDER BY b.created, b.id LIMIT 1) bt ON true
+    WHERE d.charge_id = ANY(%(ids)s) AND d.withdrawn AND d.reinstated
   UNION ALL
     -- Fees are booked with their movement: a charge's or refund's at its time, a dispute's at
     -- the withdrawal or reinstatement it belongs to.
     SELECT b.id, 'fee', b.charge_id, b.id, -b.fee, b.currency,
-           COALESCE(ch.created, rf.created, b.created), b.id, NULL
+           COALESCE(ch.created, rf.created, b.created), b.id, NULL, -b.fee, b.currency
     FROM balance_transactions b
     LEFT JOIN charges ch ON ch.id = b.source_id
     LEFT JOIN refunds rf ON rf.id = b.source_id
@@ -216,21 +229,24 @@ entries AS (
 ),
 upserted AS (
     INSERT INTO ledger_entries AS le (entry_key, kind, charge_id, object_id, stream, amount,
-        currency, booked_at, balance_transaction, event_id)
+        currency, booked_at, balance_transaction, event_id, settlement_amount,
+        settlement_currency)
     SELECT entry_key, kind, charge_id, object_id, stream, amount, currency, booked_at,
-           balance_transaction, event_id
+           balance_transaction, event_id, settlement_amount, settlement_currency
     FROM entries
     ON CONFLICT (entry_key) DO UPDATE SET
         kind = EXCLUDED.kind, charge_id = EXCLUDED.charge_id, object_id = EXCLUDED.object_id,
         stream = EXCLUDED.stream, amount = EXCLUDED.amount, currency = EXCLUDED.currency,
         booked_at = EXCLUDED.booked_at, balance_transaction = EXCLUDED.balance_transaction,
-        event_id = EXCLUDED.event_id
+        event_id = EXCLUDED.event_id, settlement_amount = EXCLUDED.settlement_amount,
+        settlement_currency = EXCLUDED.settlement_currency
     WHERE (le.kind, le.charge_id, le.object_id, le.stream, le.amount, le.currency, le.booked_at,
-           le.balance_transaction, le.event_id)
+           le.balance_transaction, le.event_id, le.settlement_amount, le.settlement_currency)
           IS DISTINCT FROM
           (EXCLUDED.kind, EXCLUDED.charge_id, EXCLUDED.object_id, EXCLUDED.stream,
            EXCLUDED.amount, EXCLUDED.currency, EXCLUDED.booked_at,
-           EXCLUDED.balance_transaction, EXCLUDED.event_id)
+           EXCLUDED.balance_transaction, EXCLUDED.event_id, EXCLUDED.settlement_amount,
+           EXCLUDED.settlement_currency)
     RETURNING 1
 )
 DELETE FROM ledger_entries le

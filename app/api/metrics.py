@@ -1,0 +1,283 @@
+"""GET /api/metrics/{streams,timeseries,models}: the metrics layer as JSON.
+
+Money is a decimal string in major units of the reporting currency; ratios are decimal
+strings (0.2500 = 25 %) or null where undefined (margin % without net revenue, ROI without
+cost). Periods are [start, end), cut in `tz`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel, Field
+
+from app.metrics.figures import BaseFigures, Figures, present_money, present_ratio
+from app.metrics.filters import GRANULARITIES, MetricsFilter, build_filter
+from app.metrics.queries import (
+    BreakdownRow,
+    model_breakdown,
+    stream_summary,
+    stream_timeseries,
+)
+from app.money import format_major
+
+router = APIRouter(prefix="/api/metrics", tags=["metrics"])
+
+Money = Annotated[str, Field(description="Decimal string, major units of the currency")]
+Ratio = Annotated[str | None, Field(description="Decimal string (0.2500 = 25 %), or null")]
+
+
+class FigureSet(BaseModel):
+    gross: Money
+    refunds: Money = Field(description="Refunded, positive")
+    disputes: Money = Field(description="Lost to disputes net of reinstatements, positive")
+    fees: Money = Field(description="Stripe fees, positive")
+    net_revenue: Money = Field(description="gross - refunds - disputes")
+    task_cost: Money
+    cost: Money = Field(description="task cost + fees")
+    margin: Money = Field(description="net revenue - cost")
+    margin_pct: Ratio = Field(description="margin / net revenue; null when net revenue is 0")
+    roi: Ratio = Field(description="margin / cost; null when cost is 0")
+    tasks: int
+    unpriced_tasks: int
+
+
+class StreamFigures(FigureSet):
+    stream: str
+
+
+class Trust(BaseModel):
+    unattributed_net_revenue: Money
+    unconverted_revenue: dict[str, Money] = Field(
+        description="Net revenue that could not be converted, by currency, in that currency"
+    )
+    unconverted_cost: dict[str, Money] = Field(
+        description="Costs (tasks, fees) that could not be converted, by currency"
+    )
+    unpriced_tasks: int
+    failed_events: int = Field(description="Stripe events stored as failed (all time)")
+    as_of: datetime | None = Field(description="Newest event or task included")
+
+
+class Period(BaseModel):
+    start: datetime
+    end: datetime
+    tz: str
+
+
+class StreamsResponse(BaseModel):
+    period: Period
+    previous_period: Period
+    currency: str
+    streams: list[StreamFigures]
+    total: FigureSet
+    previous_total: FigureSet
+    trust: Trust
+    source: str = Field(description="rollup, or raw where rollups cannot be exact")
+
+
+class SeriesPoint(FigureSet):
+    bucket: datetime = Field(description="Bucket start, ISO 8601 with the zone's offset")
+    stream: str
+
+
+class TimeseriesResponse(BaseModel):
+    period: Period
+    granularity: str
+    currency: str
+    points: list[SeriesPoint]
+
+
+class Breakdown(BaseModel):
+    key: str | None = Field(description="The AI model or task type (null: none recorded)")
+    tasks: int
+    succeeded: int
+    failed: int
+    success_rate: Ratio = Field(description="succeeded / (succeeded + failed)")
+    avg_duration_ms: str | None
+    p95_duration_ms: str | None
+    cost: Money
+    cost_per_successful_task: Money | None
+    net_revenue_per_task: Money | None
+    unpriced_tasks: int
+    unconverted_cost: dict[str, Money]
+
+
+class ModelsResponse(BaseModel):
+    period: Period
+    currency: str
+    ai_models: list[Breakdown]
+    task_types: list[Breakdown]
+
+
+def figure_set(figures: Figures, base: BaseFigures, currency: str) -> dict[str, Any]:
+    """The presented form of one set of figures; the dashboard and CSV use the same."""
+    money = {
+        name: present_money(getattr(figures, name), currency)
+        for name in (
+            "gross", "refunds", "disputes", "fees", "net_revenue", "task_cost", "cost", "margin",
+        )
+    }  # fmt: skip
+    return {
+        **money,
+        "margin_pct": present_ratio(figures.margin_pct),
+        "roi": present_ratio(figures.roi),
+        "tasks": base.tasks,
+        "unpriced_tasks": base.unpriced_tasks,
+    }
+
+
+def _period(f: MetricsFilter) -> Period:
+    return Period(start=f.start.astimezone(f.tz), end=f.end.astimezone(f.tz), tz=f.tz.key)
+
+
+def _filter(
+    request: Request,
+    start: str,
+    end: str,
+    tz: str | None,
+    granularity: str,
+    stream: list[str] | None,
+    ai_model: list[str] | None,
+    task_type: list[str] | None,
+) -> MetricsFilter:
+    return build_filter(
+        start=start,
+        end=end,
+        tz=tz or request.app.state.settings.timezone,
+        granularity=granularity,
+        streams=stream,
+        ai_models=ai_model,
+        task_types=task_type,
+    )
+
+
+Start = Annotated[str, Query(description="YYYY-MM-DD or ISO 8601 datetime, inclusive")]
+End = Annotated[str, Query(description="YYYY-MM-DD or ISO 8601 datetime, exclusive")]
+Tz = Annotated[str | None, Query(description="IANA time zone (default ROI_TIMEZONE)")]
+Granularity = Annotated[str, Query(description=f"One of {', '.join(GRANULARITIES)}")]
+Streams = Annotated[list[str] | None, Query(description="Only these streams (repeatable)")]
+Models = Annotated[list[str] | None, Query(description="Only tasks of these AI models")]
+TaskTypes = Annotated[list[str] | None, Query(description="Only tasks of these types")]
+
+
+@router.get("/streams", response_model=StreamsResponse, summary="Figures per stream")
+def streams(
+    request: Request,
+    start: Start,
+    end: End,
+    tz: Tz = None,
+    granularity: Granularity = "day",
+    stream: Streams = None,
+    ai_model: Models = None,
+    task_type: TaskTypes = None,
+) -> StreamsResponse:
+    f = _filter(request, start, end, tz, granularity, stream, ai_model, task_type)
+    currency = request.app.state.settings.reporting_currency
+    with request.app.state.engine.connect() as conn:
+        summary = stream_summary(conn, f, currency)
+    trust = summary.trust
+    return StreamsResponse(
+        period=_period(f),
+        previous_period=_period(f.previous()),
+        currency=currency,
+        streams=[
+            StreamFigures(stream=r.stream, **figure_set(r.figures, r.base, currency))
+            for r in summary.streams
+        ],
+        total=FigureSet(**figure_set(summary.total, summary.total_base, currency)),
+        previous_total=FigureSet(**figure_set(summary.previous_total, BaseFigures(), currency)),
+        trust=Trust(
+            unattributed_net_revenue=present_money(trust.unattributed_net_revenue, currency),
+            unconverted_revenue={
+                c: format_major(a, c) for c, a in sorted(trust.unconverted_revenue.items())
+            },
+            unconverted_cost={
+                c: present_money(a, c) for c, a in sorted(trust.unconverted_cost.items())
+            },
+            unpriced_tasks=trust.unpriced_tasks,
+            failed_events=trust.failed_events,
+            as_of=trust.as_of,
+        ),
+        source=summary.source,
+    )
+
+
+@router.get(
+    "/timeseries", response_model=TimeseriesResponse, summary="Figures per stream and bucket"
+)
+def timeseries(
+    request: Request,
+    start: Start,
+    end: End,
+    tz: Tz = None,
+    granularity: Granularity = "day",
+    stream: Streams = None,
+    ai_model: Models = None,
+    task_type: TaskTypes = None,
+) -> TimeseriesResponse:
+    f = _filter(request, start, end, tz, granularity, stream, ai_model, task_type)
+    currency = request.app.state.settings.reporting_currency
+    with request.app.state.engine.connect() as conn:
+        points = stream_timeseries(conn, f, currency)
+    return TimeseriesResponse(
+        period=_period(f),
+        granularity=f.granularity,
+        currency=currency,
+        points=[
+            SeriesPoint(
+                bucket=p.bucket.astimezone(f.tz),
+                stream=p.stream,
+                **figure_set(p.figures, p.base, currency),
+            )
+            for p in points
+        ],
+    )
+
+
+def _breakdown(row: BreakdownRow, currency: str) -> Breakdown:
+    def money(value: Decimal | None) -> str | None:
+        return None if value is None else present_money(value, currency)
+
+    def number(value: Decimal | None) -> str | None:
+        return None if value is None else f"{value.quantize(Decimal('0.1')):.1f}"
+
+    return Breakdown(
+        key=row.key or None,
+        tasks=row.tasks,
+        succeeded=row.succeeded,
+        failed=row.failed,
+        success_rate=present_ratio(row.success_rate),
+        avg_duration_ms=number(row.avg_duration_ms),
+        p95_duration_ms=number(row.p95_duration_ms),
+        cost=present_money(row.cost, currency),
+        cost_per_successful_task=money(row.cost_per_successful_task),
+        net_revenue_per_task=money(row.net_revenue_per_task),
+        unpriced_tasks=row.unpriced_tasks,
+        unconverted_cost={c: present_money(a, c) for c, a in sorted(row.unconverted_cost.items())},
+    )
+
+
+@router.get("/models", response_model=ModelsResponse, summary="Figures per AI model and task type")
+def models(
+    request: Request,
+    start: Start,
+    end: End,
+    tz: Tz = None,
+    stream: Streams = None,
+    ai_model: Models = None,
+    task_type: TaskTypes = None,
+) -> ModelsResponse:
+    f = _filter(request, start, end, tz, "day", stream, ai_model, task_type)
+    currency = request.app.state.settings.reporting_currency
+    with request.app.state.engine.connect() as conn:
+        breakdown = model_breakdown(conn, f, currency)
+    return ModelsResponse(
+        period=_period(f),
+        currency=currency,
+        ai_models=[_breakdown(r, currency) for r in breakdown["ai_model"]],
+        task_types=[_breakdown(r, currency) for r in breakdown["task_type"]],
+    )

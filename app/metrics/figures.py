@@ -1,0 +1,93 @@
+"""Base figures in, derived figures out: the one place margin, margin % and ROI are computed.
+
+All amounts are exact Decimals in the reporting currency's MINOR unit (conversions leave
+fractions); they are rounded once, when presented (`present_money`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import ROUND_HALF_EVEN, Decimal
+
+from app.money import exponent
+
+ZERO = Decimal(0)
+
+
+@dataclass
+class BaseFigures:
+    """Sums for one stream (and bucket), signed as in the ledger: refunds, disputes, fees <= 0."""
+
+    gross: Decimal = ZERO
+    refunds: Decimal = ZERO
+    disputes: Decimal = ZERO
+    fees: Decimal = ZERO
+    task_cost: Decimal = ZERO
+    tasks: int = 0
+    unpriced_tasks: int = 0
+    # Amounts that could not be converted, by currency, in that currency's minor unit:
+    # net revenue, and cost (task costs and fees, positive).
+    unconverted_revenue: dict[str, int] = field(default_factory=dict)
+    unconverted_cost: dict[str, Decimal] = field(default_factory=dict)
+
+    def add(self, other: BaseFigures) -> None:
+        self.gross += other.gross
+        self.refunds += other.refunds
+        self.disputes += other.disputes
+        self.fees += other.fees
+        self.task_cost += other.task_cost
+        self.tasks += other.tasks
+        self.unpriced_tasks += other.unpriced_tasks
+        for currency, amount in other.unconverted_revenue.items():
+            self.unconverted_revenue[currency] = self.unconverted_revenue.get(currency, 0) + amount
+        for currency, cost in other.unconverted_cost.items():
+            self.unconverted_cost[currency] = self.unconverted_cost.get(currency, ZERO) + cost
+
+
+@dataclass(frozen=True)
+class Figures:
+    gross: Decimal
+    refunds: Decimal  # positive: money given back
+    disputes: Decimal  # positive: money lost to disputes, net of reinstatements
+    fees: Decimal  # positive: Stripe fees
+    net_revenue: Decimal
+    task_cost: Decimal
+    cost: Decimal
+    margin: Decimal
+    margin_pct: Decimal | None  # None when net revenue is 0
+    roi: Decimal | None  # None when cost is 0
+
+
+def derive(base: BaseFigures) -> Figures:
+    """accounting.md, "Figures": net = gross - refunds - disputes; cost = task cost + fees;
+    margin = net - cost; margin % = margin / net; ROI = margin / cost."""
+    refunds, disputes, fees = -base.refunds, -base.disputes, -base.fees
+    net = base.gross - refunds - disputes
+    cost = base.task_cost + fees
+    margin = net - cost
+    return Figures(
+        gross=base.gross,
+        refunds=refunds,
+        disputes=disputes,
+        fees=fees,
+        net_revenue=net,
+        task_cost=base.task_cost,
+        cost=cost,
+        margin=margin,
+        margin_pct=None if net == 0 else margin / net,
+        roi=None if cost == 0 else margin / cost,
+    )
+
+
+def present_money(amount_minor: Decimal, currency: str) -> str:
+    """Minor units -> a decimal string in major units, rounded half-even to the minor unit."""
+    places = exponent(currency)
+    major = (amount_minor.scaleb(-places)).quantize(Decimal(1).scaleb(-places), ROUND_HALF_EVEN)
+    return f"{major:.{places}f}"
+
+
+def present_ratio(value: Decimal | None) -> str | None:
+    """A ratio as a decimal string with 4 decimals (0.1234 = 12.34 %), or None."""
+    if value is None:
+        return None
+    return f"{value.quantize(Decimal('0.0001'), ROUND_HALF_EVEN):.4f}"

@@ -1,0 +1,440 @@
+"""Figures per stream, per time bucket and per AI model / task type.
+
+Every amount is converted into the reporting currency row by row before it is summed
+(accounting.md, "Money"): the settlement amount of the Stripe balance transaction when it is
+in the reporting currency; else the amount itself when already in it; else the amount times
+the FX rate of its UTC day; else it stays unconverted and is reported by currency, never
+added to a total.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    and_,
+    case,
+    cast,
+    func,
+    literal,
+    literal_column,
+    null,
+    or_,
+    select,
+)
+from sqlalchemy.sql import Join, Subquery
+from sqlalchemy.types import Date
+
+from app.metrics.figures import BaseFigures, Figures, derive
+from app.metrics.filters import MetricsFilter, rollups_are_exact, whole_hour_offsets
+from app.metrics.sources import LEDGER_MONEY, ledger_source, task_source
+from app.models import execution_tasks, fx_rates, stripe_events
+from app.money import THREE_DECIMAL, ZERO_DECIMAL, exponent
+
+UNATTRIBUTED = "unattributed"
+
+
+@dataclass
+class Trust:
+    """What a user needs to trust the figures."""
+
+    unattributed_net_revenue: Decimal = Decimal(0)
+    unconverted_revenue: dict[str, int] = field(default_factory=dict)
+    unconverted_cost: dict[str, Decimal] = field(default_factory=dict)
+    unpriced_tasks: int = 0
+    failed_events: int = 0
+    as_of: datetime | None = None
+
+
+@dataclass
+class StreamRow:
+    stream: str
+    base: BaseFigures
+    figures: Figures
+
+
+@dataclass
+class Summary:
+    filter: MetricsFilter
+    currency: str
+    streams: list[StreamRow]
+    total: Figures
+    total_base: BaseFigures
+    previous_total: Figures
+    trust: Trust
+    source: str  # "rollup" or "raw"
+
+
+@dataclass
+class SeriesPoint:
+    bucket: datetime
+    stream: str
+    base: BaseFigures
+    figures: Figures
+
+
+def _codes(codes: frozenset[str]) -> list[ColumnElement[str]]:
+    # Inline constants: the same SQL text on every call, so PostgreSQL can reuse its plans.
+    return [literal_column(f"'{code}'") for code in sorted(codes)]
+
+
+def _to_reporting_scale(currency: ColumnElement[str], reporting: str) -> ColumnElement[Decimal]:
+    """Factor from `currency` minor units (after the FX rate) to reporting minor units: an
+    exact numeric power of ten (0.1, 1, 100...), so the product stays exact."""
+    target = exponent(reporting)
+
+    def factor(e: int) -> ColumnElement[Decimal]:
+        return literal_column(f"{Decimal(10) ** (target - e):f}::numeric")
+
+    return case(
+        (currency.in_(_codes(ZERO_DECIMAL)), factor(0)),
+        (currency.in_(_codes(THREE_DECIMAL)), factor(3)),
+        else_=factor(2),
+    )
+
+
+def _with_fx(src: Subquery, reporting: str) -> tuple[Join, ColumnElement[Decimal]]:
+    """The source joined with the FX rate of each row's UTC day into the reporting currency
+    (NULL when there is none): one hash join, not a lookup per row."""
+    fx = fx_rates.alias("fx")
+    day = cast(func.timezone("UTC", src.c.ts), Date)
+    joined = src.outerjoin(
+        fx,
+        and_(fx.c.day == day, fx.c.currency == src.c.currency, fx.c.quote_currency == reporting),
+    )
+    return joined, fx.c.rate
+
+
+def _bucket(f: MetricsFilter, ts: ColumnElement[datetime]) -> ColumnElement[datetime]:
+    """The bucket start, cut in the filter's zone. Hours are cut in UTC where the zone's
+    offset is whole hours: the same boundaries, and the two 01:00-02:00 hours of a
+    daylight-saving fall-back stay two buckets instead of merging."""
+    zone = "UTC" if f.granularity == "hour" and whole_hour_offsets(f) else f.tz.key
+    return func.date_trunc(f.granularity, ts, zone)
+
+
+def _bucket_or_none(f: MetricsFilter, src: Subquery, by_bucket: bool) -> ColumnElement[Any]:
+    return (_bucket(f, src.c.ts) if by_bucket else null()).label("bucket")
+
+
+def _converted(
+    src: Subquery, rate: ColumnElement[Decimal], reporting: str, amount: str, settled: str | None
+) -> ColumnElement[Decimal]:
+    """One amount column in reporting minor units, by the rules of accounting.md."""
+    whens = []
+    if settled is not None:
+        whens.append((src.c.settlement_currency == reporting, src.c[settled]))
+    whens.append((src.c.currency.in_((reporting, "")), src.c[amount]))
+    return case(*whens, else_=src.c[amount] * rate * _to_reporting_scale(src.c.currency, reporting))
+
+
+def _is_converted(
+    src: Subquery, rate: ColumnElement[Decimal], reporting: str, settled: bool
+) -> ColumnElement[bool]:
+    conditions: list[ColumnElement[bool]] = [src.c.currency.in_((reporting, "")), rate.is_not(None)]
+    if settled:
+        conditions.append(src.c.settlement_currency == reporting)
+    return or_(*conditions)
+
+
+def _ledger_sums(
+    conn: Connection, f: MetricsFilter, reporting: str, raw: bool, by_bucket: bool
+) -> dict[tuple[datetime | None, str], BaseFigures]:
+    src = ledger_source(f, raw).subquery("src")
+    joined, rate = _with_fx(src, reporting)
+    converted = _is_converted(src, rate, reporting, settled=True)
+    per_row = (
+        select(
+            _bucket_or_none(f, src, by_bucket),
+            src.c.stream,
+            converted.label("converted"),
+            case((converted, ""), else_=src.c.currency).label("group_currency"),
+            *[_converted(src, rate, reporting, m, "settled_" + m).label(m) for m in LEDGER_MONEY],
+            *[src.c[m].label("orig_" + m) for m in LEDGER_MONEY],
+        )
+        .select_from(joined)
+        .subquery("per_row")
+    )
+    p = per_row.c
+    query = select(
+        p.bucket,
+        p.stream,
+        p.converted,
+        p.group_currency,
+        *[func.sum(case((p.converted, p[m]), else_=0)).label(m) for m in LEDGER_MONEY],
+        *[
+            func.sum(case((p.converted, 0), else_=p["orig_" + m])).label("orig_" + m)
+            for m in LEDGER_MONEY
+        ],
+    ).group_by(p.bucket, p.stream, p.converted, p.group_currency)
+    sums: dict[tuple[datetime | None, str], BaseFigures] = defaultdict(BaseFigures)
+    for row in conn.execute(query):
+        base = sums[(row.bucket, row.stream)]
+        if row.converted:
+            base.gross += row.gross
+            base.refunds += row.refunds
+            base.disputes += row.disputes
+            base.fees += row.fees
+        else:
+            net = int(row.orig_gross + row.orig_refunds + row.orig_disputes)
+            currency = row.group_currency
+            base.unconverted_revenue[currency] = base.unconverted_revenue.get(currency, 0) + net
+            if row.orig_fees:
+                base.unconverted_cost[currency] = (
+                    base.unconverted_cost.get(currency, Decimal(0)) - row.orig_fees
+                )
+    return sums
+
+
+TASK_COUNTERS = ("tasks", "unpriced", "succeeded", "failed", "duration_ms", "durations")
+
+
+def _task_rows(
+    f: MetricsFilter, reporting: str, raw: bool, by_bucket: bool, detailed: bool
+) -> Subquery:
+    """Task rollup (or raw) rows with their cost converted, ready to be grouped."""
+    src = task_source(f, raw, detailed=detailed).subquery("src")
+    joined, rate = _with_fx(src, reporting)
+    converted = _is_converted(src, rate, reporting, settled=False)
+    counters = TASK_COUNTERS if detailed else TASK_COUNTERS[:2]
+    return (
+        select(
+            _bucket_or_none(f, src, by_bucket),
+            src.c.stream,
+            *([src.c.ai_model, src.c.task_type] if detailed else []),
+            converted.label("converted"),
+            case((converted, ""), else_=src.c.currency).label("group_currency"),
+            case((converted, _converted(src, rate, reporting, "cost", None)), else_=0).label(
+                "cost"
+            ),
+            case((converted, 0), else_=src.c.cost).label("orig_cost"),
+            *[src.c[c] for c in counters],
+        )
+        .select_from(joined)
+        .subquery("per_row")
+    )
+
+
+def _task_sums(
+    conn: Connection, f: MetricsFilter, reporting: str, raw: bool, by_bucket: bool
+) -> dict[tuple[datetime | None, str], BaseFigures]:
+    p = _task_rows(f, reporting, raw, by_bucket, detailed=False).c
+    query = select(
+        p.bucket,
+        p.stream,
+        p.group_currency,
+        func.sum(p.tasks).label("tasks"),
+        func.sum(p.unpriced).label("unpriced"),
+        func.sum(p.cost).label("cost"),
+        func.sum(p.orig_cost).label("orig_cost"),
+    ).group_by(p.bucket, p.stream, p.group_currency)
+    sums: dict[tuple[datetime | None, str], BaseFigures] = defaultdict(BaseFigures)
+    for row in conn.execute(query):
+        base = sums[(row.bucket, row.stream)]
+        base.tasks += int(row.tasks)
+        base.unpriced_tasks += int(row.unpriced)
+        base.task_cost += row.cost
+        if row.group_currency:
+            base.unconverted_cost[row.group_currency] = (
+                base.unconverted_cost.get(row.group_currency, Decimal(0)) + row.orig_cost
+            )
+    return sums
+
+
+def _merged(
+    conn: Connection, f: MetricsFilter, reporting: str, raw: bool, by_bucket: bool
+) -> dict[tuple[datetime | None, str], BaseFigures]:
+    merged: dict[tuple[datetime | None, str], BaseFigures] = defaultdict(BaseFigures)
+    for part in (
+        _ledger_sums(conn, f, reporting, raw, by_bucket),
+        _task_sums(conn, f, reporting, raw, by_bucket),
+    ):
+        for key, base in part.items():
+            merged[key].add(base)
+    return merged
+
+
+def _use_raw(f: MetricsFilter, raw: bool | None) -> bool:
+    return (not rollups_are_exact(f)) if raw is None else raw
+
+
+def stream_summary(
+    conn: Connection, f: MetricsFilter, reporting: str, *, raw: bool | None = None
+) -> Summary:
+    """Per stream over the whole period, the total, the previous period's total, and trust
+    counts. `raw` forces the source (None: rollups wherever they are exact)."""
+    use_raw = _use_raw(f, raw)
+    per_stream = _merged(conn, f, reporting, use_raw, by_bucket=False)
+    rows = [
+        StreamRow(stream=stream, base=base, figures=derive(base))
+        for (_, stream), base in sorted(per_stream.items(), key=lambda kv: kv[0][1])
+    ]
+    total_base = BaseFigures()
+    for row in rows:
+        total_base.add(row.base)
+    previous = f.previous()
+    previous_base = BaseFigures()
+    for base in _merged(conn, previous, reporting, _use_raw(previous, raw), False).values():
+        previous_base.add(base)
+    trust = _trust(conn, rows, total_base)
+    return Summary(
+        filter=f,
+        currency=reporting,
+        streams=rows,
+        total=derive(total_base),
+        total_base=total_base,
+        previous_total=derive(previous_base),
+        trust=trust,
+        source="raw" if use_raw else "rollup",
+    )
+
+
+def stream_timeseries(
+    conn: Connection, f: MetricsFilter, reporting: str, *, raw: bool | None = None
+) -> list[SeriesPoint]:
+    """Per stream and per bucket of the filter's granularity, cut in its time zone."""
+    merged = _merged(conn, f, reporting, _use_raw(f, raw), by_bucket=True)
+    points = [
+        SeriesPoint(bucket=bucket, stream=stream, base=base, figures=derive(base))
+        for (bucket, stream), base in merged.items()
+        if bucket is not None
+    ]
+    points.sort(key=lambda p: (p.bucket, p.stream))
+    return points
+
+
+def _trust(conn: Connection, rows: list[StreamRow], total: BaseFigures) -> Trust:
+    ev, tasks = stripe_events.c, execution_tasks.c
+    failed, newest_event, newest_task = conn.execute(
+        select(
+            select(func.count()).where(ev.status == "failed").scalar_subquery(),
+            select(func.max(ev.received_at)).scalar_subquery(),
+            select(func.max(tasks.updated_at)).scalar_subquery(),
+        )
+    ).one()
+    unattributed = next((r.figures.net_revenue for r in rows if r.stream == UNATTRIBUTED), None)
+    newest = [t for t in (newest_event, newest_task) if t is not None]
+    return Trust(
+        unattributed_net_revenue=unattributed or Decimal(0),
+        unconverted_revenue=dict(total.unconverted_revenue),
+        unconverted_cost=dict(total.unconverted_cost),
+        unpriced_tasks=total.unpriced_tasks,
+        failed_events=int(failed),
+        as_of=max(newest) if newest else None,
+    )
+
+
+@dataclass
+class BreakdownRow:
+    """One AI model or one task type over the period."""
+
+    key: str
+    tasks: int
+    succeeded: int
+    failed: int
+    success_rate: Decimal | None
+    avg_duration_ms: Decimal | None
+    p95_duration_ms: Decimal | None
+    cost: Decimal
+    cost_per_successful_task: Decimal | None
+    net_revenue_per_task: Decimal | None
+    unpriced_tasks: int
+    unconverted_cost: dict[str, Decimal]
+
+
+def model_breakdown(
+    conn: Connection, f: MetricsFilter, reporting: str, *, raw: bool | None = None
+) -> dict[str, list[BreakdownRow]]:
+    """Per AI model and per task type: tasks, success rate (succeeded / (succeeded + failed)),
+    average and p95 duration, cost, cost per successful task, and net revenue per task (each
+    stream's net revenue shared equally across that stream's tasks in the period)."""
+    use_raw = _use_raw(f, raw)
+    net_by_stream = {
+        stream: derive(base).net_revenue
+        for (_, stream), base in _ledger_sums(conn, f, reporting, use_raw, False).items()
+    }
+    p = _task_rows(f, reporting, use_raw, by_bucket=False, detailed=True).c
+    query = select(
+        p.ai_model,
+        p.task_type,
+        p.stream,
+        p.group_currency.label("currency"),
+        *[func.sum(p[c]).label(c) for c in TASK_COUNTERS],
+        func.sum(p.cost).label("cost"),
+        func.sum(p.orig_cost).label("orig_cost"),
+    ).group_by(p.ai_model, p.task_type, p.stream, p.group_currency)
+    rows = conn.execute(query).all()
+    # A stream's revenue is shared across all its tasks, whatever the model filter keeps.
+    all_tasks = replace(f, ai_models=(), task_types=())
+    stream_tasks = {
+        stream: base.tasks
+        for (_, stream), base in _task_sums(conn, all_tasks, reporting, use_raw, False).items()
+    }
+    p95 = _p95_durations(conn, f)
+    result: dict[str, list[BreakdownRow]] = {}
+    for dimension in ("ai_model", "task_type"):
+        acc: dict[str, dict[str, Any]] = defaultdict(
+            lambda: defaultdict(int, cost=Decimal(0), revenue=Decimal(0), unconverted={})
+        )
+        for row in rows:
+            a = acc[getattr(row, dimension)]
+            for name in ("tasks", "succeeded", "failed", "unpriced", "duration_ms", "durations"):
+                a[name] += int(getattr(row, name))
+            a["cost"] += row.cost
+            if row.currency:
+                a["unconverted"][row.currency] = (
+                    a["unconverted"].get(row.currency, Decimal(0)) + row.orig_cost
+                )
+            if stream_tasks.get(row.stream):
+                share = net_by_stream.get(row.stream, Decimal(0)) / stream_tasks[row.stream]
+                a["revenue"] += share * int(row.tasks)
+        result[dimension] = [
+            BreakdownRow(
+                key=key,
+                tasks=a["tasks"],
+                succeeded=a["succeeded"],
+                failed=a["failed"],
+                success_rate=_ratio(a["succeeded"], a["succeeded"] + a["failed"]),
+                avg_duration_ms=_ratio(a["duration_ms"], a["durations"]),
+                p95_duration_ms=p95[dimension].get(key),
+                cost=a["cost"],
+                cost_per_successful_task=_ratio(a["cost"], a["succeeded"]),
+                net_revenue_per_task=_ratio(a["revenue"], a["tasks"]),
+                unpriced_tasks=a["unpriced"],
+                unconverted_cost=a["unconverted"],
+            )
+            for key, a in sorted(acc.items())
+        ]
+    return result
+
+
+def _ratio(numerator: Decimal | int, denominator: Decimal | int) -> Decimal | None:
+    return None if not denominator else Decimal(numerator) / Decimal(denominator)
+
+
+def _p95_durations(conn: Connection, f: MetricsFilter) -> dict[str, dict[str, Decimal]]:
+    """Exact 95th percentile of task durations (ms), per model and per task type, from the
+    raw tasks (a percentile cannot be summed from rollups)."""
+    x = execution_tasks.c
+    model = func.coalesce(x.ai_model, "")
+    where = and_(
+        x.started_at >= f.start,
+        x.started_at < f.end,
+        x.duration_ms.is_not(None),
+        x.stream.in_(f.streams) if f.streams else literal(True),
+        model.in_(f.ai_models) if f.ai_models else literal(True),
+        x.task_type.in_(f.task_types) if f.task_types else literal(True),
+    )
+    p95 = func.percentile_cont(0.95).within_group(x.duration_ms)
+    out: dict[str, dict[str, Decimal]] = {"ai_model": {}, "task_type": {}}
+    for key, value in conn.execute(select(model, p95).where(where).group_by(model)):
+        out["ai_model"][key] = Decimal(str(value))
+    for key, value in conn.execute(select(x.task_type, p95).where(where).group_by(x.task_type)):
+        out["task_type"][key] = Decimal(str(value))
+    return out

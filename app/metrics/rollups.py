@@ -1,0 +1,69 @@
+"""Compaction of the append-only rollups (see migration 0004).
+
+Triggers append one row per key and statement; readers sum all rows of a key, so figures are
+exact without compaction. Compaction only keeps the tables small: it replaces every key that
+has new rows with one row holding the sum. One compaction runs at a time per database.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy import Connection, Engine, text
+
+log = logging.getLogger(__name__)
+
+COMPACTION_LOCK_KEY = 7_311_402_002
+
+_KEYS = {
+    "ledger_rollup": ("bucket", "stream", "currency", "settlement_currency"),
+    "task_rollup": ("bucket", "stream", "ai_model", "task_type", "currency"),
+    "task_stream_rollup": ("bucket", "stream", "currency"),
+}
+_SUMS = {
+    "ledger_rollup": (
+        "gross", "refunds", "disputes", "fees",
+        "settled_gross", "settled_refunds", "settled_disputes", "settled_fees", "entries",
+    ),
+    "task_rollup": (
+        "tasks", "unpriced", "cost", "succeeded", "failed", "duration_ms", "durations",
+    ),
+    "task_stream_rollup": ("tasks", "unpriced", "cost"),
+}  # fmt: skip
+
+
+def _compaction_sql(table: str) -> str:
+    keys, sums = _KEYS[table], _SUMS[table]
+    key_list = ", ".join(keys)
+    match = " AND ".join(f"r.{k} = d.{k}" for k in keys)
+    # A key whose sums all cancel out (e.g. a charge moved to another stream) disappears.
+    nonzero = " OR ".join(f"sum({s}) <> 0" for s in sums)
+    return f"""
+        WITH dirty AS (SELECT DISTINCT {key_list} FROM {table} WHERE NOT compacted),
+        moved AS (
+            DELETE FROM {table} r USING dirty d WHERE {match} RETURNING r.*
+        )
+        INSERT INTO {table} ({key_list}, {", ".join(sums)}, compacted)
+        SELECT {key_list}, {", ".join(f"sum({s})" for s in sums)}, true
+        FROM moved GROUP BY {key_list} HAVING {nonzero}
+    """
+
+
+COMPACTIONS = {table: _compaction_sql(table) for table in _KEYS}
+
+
+def compact(conn: Connection) -> bool:
+    """Compact every rollup in the caller's transaction; False if another compaction runs."""
+    got = conn.execute(
+        text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": COMPACTION_LOCK_KEY}
+    ).scalar_one()
+    if not got:
+        return False
+    for sql in COMPACTIONS.values():
+        conn.execute(text(sql))
+    return True
+
+
+def compact_now(engine: Engine) -> bool:
+    with engine.begin() as conn:
+        return compact(conn)
