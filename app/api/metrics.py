@@ -11,7 +11,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 
 from app.metrics.figures import BaseFigures, Figures, present_money, present_ratio
@@ -134,16 +134,26 @@ def _period(f: MetricsFilter) -> Period:
     return Period(start=f.start.astimezone(f.tz), end=f.end.astimezone(f.tz), tz=f.tz.key)
 
 
-def _filter(
+Start = Annotated[str, Query(description="YYYY-MM-DD or ISO 8601 datetime, inclusive")]
+End = Annotated[str, Query(description="YYYY-MM-DD or ISO 8601 datetime, exclusive")]
+Tz = Annotated[str | None, Query(description="IANA time zone (default ROI_TIMEZONE)")]
+Granularity = Annotated[str, Query(description=f"One of {', '.join(GRANULARITIES)}")]
+Streams = Annotated[list[str] | None, Query(description="Only these streams (repeatable)")]
+Models = Annotated[list[str] | None, Query(description="Only tasks of these AI models")]
+TaskTypes = Annotated[list[str] | None, Query(description="Only tasks of these types")]
+
+
+def metrics_filter(
     request: Request,
-    start: str,
-    end: str,
-    tz: str | None,
-    granularity: str,
-    stream: list[str] | None,
-    ai_model: list[str] | None,
-    task_type: list[str] | None,
+    start: Start,
+    end: End,
+    tz: Tz = None,
+    granularity: Granularity = "day",
+    stream: Streams = None,
+    ai_model: Models = None,
+    task_type: TaskTypes = None,
 ) -> MetricsFilter:
+    """The query parameters every metrics endpoint takes, validated (422 naming the field)."""
     return build_filter(
         start=start,
         end=end,
@@ -155,27 +165,11 @@ def _filter(
     )
 
 
-Start = Annotated[str, Query(description="YYYY-MM-DD or ISO 8601 datetime, inclusive")]
-End = Annotated[str, Query(description="YYYY-MM-DD or ISO 8601 datetime, exclusive")]
-Tz = Annotated[str | None, Query(description="IANA time zone (default ROI_TIMEZONE)")]
-Granularity = Annotated[str, Query(description=f"One of {', '.join(GRANULARITIES)}")]
-Streams = Annotated[list[str] | None, Query(description="Only these streams (repeatable)")]
-Models = Annotated[list[str] | None, Query(description="Only tasks of these AI models")]
-TaskTypes = Annotated[list[str] | None, Query(description="Only tasks of these types")]
+Filter = Annotated[MetricsFilter, Depends(metrics_filter)]
 
 
 @router.get("/streams", response_model=StreamsResponse, summary="Figures per stream")
-def streams(
-    request: Request,
-    start: Start,
-    end: End,
-    tz: Tz = None,
-    granularity: Granularity = "day",
-    stream: Streams = None,
-    ai_model: Models = None,
-    task_type: TaskTypes = None,
-) -> StreamsResponse:
-    f = _filter(request, start, end, tz, granularity, stream, ai_model, task_type)
+def streams(request: Request, f: Filter) -> StreamsResponse:
     currency = request.app.state.settings.reporting_currency
     with request.app.state.engine.connect() as conn:
         summary = stream_summary(conn, f, currency)
@@ -189,7 +183,9 @@ def streams(
             for r in summary.streams
         ],
         total=FigureSet(**figure_set(summary.total, summary.total_base, currency)),
-        previous_total=FigureSet(**figure_set(summary.previous_total, BaseFigures(), currency)),
+        previous_total=FigureSet(
+            **figure_set(summary.previous_total, summary.previous_base, currency)
+        ),
         trust=Trust(
             unattributed_net_revenue=present_money(trust.unattributed_net_revenue, currency),
             unconverted_revenue={
@@ -209,17 +205,7 @@ def streams(
 @router.get(
     "/timeseries", response_model=TimeseriesResponse, summary="Figures per stream and bucket"
 )
-def timeseries(
-    request: Request,
-    start: Start,
-    end: End,
-    tz: Tz = None,
-    granularity: Granularity = "day",
-    stream: Streams = None,
-    ai_model: Models = None,
-    task_type: TaskTypes = None,
-) -> TimeseriesResponse:
-    f = _filter(request, start, end, tz, granularity, stream, ai_model, task_type)
+def timeseries(request: Request, f: Filter) -> TimeseriesResponse:
     currency = request.app.state.settings.reporting_currency
     with request.app.state.engine.connect() as conn:
         points = stream_timeseries(conn, f, currency)
@@ -262,16 +248,7 @@ def _breakdown(row: BreakdownRow, currency: str) -> Breakdown:
 
 
 @router.get("/models", response_model=ModelsResponse, summary="Figures per AI model and task type")
-def models(
-    request: Request,
-    start: Start,
-    end: End,
-    tz: Tz = None,
-    stream: Streams = None,
-    ai_model: Models = None,
-    task_type: TaskTypes = None,
-) -> ModelsResponse:
-    f = _filter(request, start, end, tz, "day", stream, ai_model, task_type)
+def models(request: Request, f: Filter) -> ModelsResponse:
     currency = request.app.state.settings.reporting_currency
     with request.app.state.engine.connect() as conn:
         breakdown = model_breakdown(conn, f, currency)

@@ -67,6 +67,7 @@ class Summary:
     total: Figures
     total_base: BaseFigures
     previous_total: Figures
+    previous_base: BaseFigures
     trust: Trust
     source: str  # "rollup" or "raw"
 
@@ -290,6 +291,7 @@ def stream_summary(
         total=derive(total_base),
         total_base=total_base,
         previous_total=derive(previous_base),
+        previous_base=previous_base,
         trust=trust,
         source="raw" if use_raw else "rollup",
     )
