@@ -25,7 +25,7 @@ from ingest.stripe_webhook import StripeWebhookEndpoint
 log = logging.getLogger(__name__)
 
 
-ROLLUP_COMPACTION_SECONDS = 2.0
+ROLLUP_COMPACTION_SECONDS = 10.0
 
 
 async def compact_rollups_forever(engine: Engine) -> None:
