@@ -66,7 +66,8 @@ class EventWriter:
             max_size=writers + 1,
             timeout=timeout,
             open=False,
-            kwargs={"connect_timeout": max(1, round(timeout))},
+            # Each write is one statement, atomic on its own: no BEGIN/COMMIT round trips.
+            kwargs={"connect_timeout": max(1, round(timeout)), "autocommit": True},
             reconnect_timeout=timeout,
         )
         self._writers = writers
@@ -146,7 +147,7 @@ class EventWriter:
                 reraise=True,
             ):
                 with attempt:
-                    async with self._pool.connection() as conn, conn.transaction():
+                    async with self._pool.connection() as conn:
                         return await write_events(conn, events)
         except Exception as exc:
             if _is_unreachable(exc):
@@ -159,7 +160,7 @@ class EventWriter:
         error = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
         log.error("event %s (%s) failed: %s", event.id, event.type, error)
         try:
-            async with self._pool.connection() as conn, conn.transaction():
+            async with self._pool.connection() as conn:
                 await record_failure(conn, event, error)
         except Exception as store_exc:
             if _is_unreachable(store_exc):
