@@ -63,5 +63,10 @@ def make_engine(settings: Settings) -> Engine:
         sqlalchemy_url(settings),
         pool_pre_ping=True,
         pool_size=settings.db_pool_size,
-        connect_args={"connect_timeout": max(1, int(settings.db_timeout_seconds))},
+        connect_args={
+            "connect_timeout": max(1, int(settings.db_timeout_seconds)),
+            # Metrics queries group tens of thousands of rollup rows; the default 4 MB of
+            # work_mem sends those sorts to disk.
+            "options": "-c work_mem=32MB",
+        },
     )

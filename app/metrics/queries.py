@@ -16,6 +16,7 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
+    Select,
     ColumnElement,
     Connection,
     and_,
@@ -100,14 +101,39 @@ def _to_reporting_scale(currency: ColumnElement[str], reporting: str) -> ColumnE
     )
 
 
-def _with_fx(src: Subquery, reporting: str) -> tuple[Join, ColumnElement[Decimal]]:
-    """The source joined with the FX rate of each row's UTC day into the reporting currency
-    (NULL when there is none): one hash join, not a lookup per row."""
-    fx = fx_rates.alias("fx")
+def _pre_aggregated(
+    source: Select[Any], f: MetricsFilter, by_bucket: bool, keys: list[str], sums: list[str]
+) -> Subquery:
+    """Source rows summed per (bucket, UTC day, keys) before anything is converted: an FX rate
+    holds for a whole UTC day and conversion is linear, so converting these sums is exact and
+    touches a fraction of the rows."""
+    src = source.subquery("src")
+    bucket = _bucket(f, src.c.ts) if by_bucket else null()
     day = cast(func.timezone("UTC", src.c.ts), Date)
+    columns = [src.c[k] for k in keys]
+    return (
+        select(
+            bucket.label("bucket"),
+            day.label("day"),
+            *columns,
+            *[func.sum(src.c[s]).label(s) for s in sums],
+        )
+        .group_by(*([bucket] if by_bucket else []), day, *columns)
+        .subquery("pre")
+    )
+
+
+def _with_fx(src: Subquery, reporting: str) -> tuple[Join, ColumnElement[Decimal]]:
+    """The sums joined with the FX rate of their UTC day into the reporting currency (NULL
+    when there is none)."""
+    fx = fx_rates.alias("fx")
     joined = src.outerjoin(
         fx,
-        and_(fx.c.day == day, fx.c.currency == src.c.currency, fx.c.quote_currency == reporting),
+        and_(
+            fx.c.day == src.c.day,
+            fx.c.currency == src.c.currency,
+            fx.c.quote_currency == reporting,
+        ),
     )
     return joined, fx.c.rate
 
@@ -118,10 +144,6 @@ def _bucket(f: MetricsFilter, ts: ColumnElement[datetime]) -> ColumnElement[date
     daylight-saving fall-back stay two buckets instead of merging."""
     zone = "UTC" if f.granularity == "hour" and whole_hour_offsets(f) else f.tz.key
     return func.date_trunc(f.granularity, ts, zone)
-
-
-def _bucket_or_none(f: MetricsFilter, src: Subquery, by_bucket: bool) -> ColumnElement[Any]:
-    return (_bucket(f, src.c.ts) if by_bucket else null()).label("bucket")
 
 
 def _converted(
@@ -147,12 +169,18 @@ def _is_converted(
 def _ledger_sums(
     conn: Connection, f: MetricsFilter, reporting: str, raw: bool, by_bucket: bool
 ) -> dict[tuple[datetime | None, str], BaseFigures]:
-    src = ledger_source(f, raw).subquery("src")
+    src = _pre_aggregated(
+        ledger_source(f, raw),
+        f,
+        by_bucket,
+        ["stream", "currency", "settlement_currency"],
+        [*LEDGER_MONEY, *("settled_" + m for m in LEDGER_MONEY)],
+    )
     joined, rate = _with_fx(src, reporting)
     converted = _is_converted(src, rate, reporting, settled=True)
     per_row = (
         select(
-            _bucket_or_none(f, src, by_bucket),
+            src.c.bucket,
             src.c.stream,
             converted.label("converted"),
             case((converted, ""), else_=src.c.currency).label("group_currency"),
@@ -200,13 +228,16 @@ def _task_rows(
     f: MetricsFilter, reporting: str, raw: bool, by_bucket: bool, detailed: bool
 ) -> Subquery:
     """Task rollup (or raw) rows with their cost converted, ready to be grouped."""
-    src = task_source(f, raw, detailed=detailed).subquery("src")
+    counters = TASK_COUNTERS if detailed else TASK_COUNTERS[:2]
+    keys = ["stream", "ai_model", "task_type", "currency"] if detailed else ["stream", "currency"]
+    src = _pre_aggregated(
+        task_source(f, raw, detailed=detailed), f, by_bucket, keys, ["cost", *counters]
+    )
     joined, rate = _with_fx(src, reporting)
     converted = _is_converted(src, rate, reporting, settled=False)
-    counters = TASK_COUNTERS if detailed else TASK_COUNTERS[:2]
     return (
         select(
-            _bucket_or_none(f, src, by_bucket),
+            src.c.bucket,
             src.c.stream,
             *([src.c.ai_model, src.c.task_type] if detailed else []),
             converted.label("converted"),
