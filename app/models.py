@@ -390,3 +390,35 @@ task_rollup = _task_rollup(
 )
 # Per stream only: what the per-stream summary needs, 1/(models x task types) of the rows.
 task_stream_rollup = _task_rollup("task_stream_rollup")
+
+
+# Daily (UTC day) twins of ledger_rollup and task_stream_rollup (migration 0006), kept by the
+# same triggers: a period reads them for the UTC days it covers whole, hourly rows at its ends.
+ledger_rollup_daily = Table(
+    "ledger_rollup_daily",
+    metadata,
+    Column("day", Date, nullable=False),
+    Column("stream", Text, nullable=False),
+    Column("currency", Text, nullable=False),
+    Column("settlement_currency", Text, nullable=False),
+    *[_counter(m) for m in ("gross", "refunds", "disputes", "fees")],
+    *[_counter("settled_" + m) for m in ("gross", "refunds", "disputes", "fees")],
+    _counter("entries"),
+    Column("compacted", Boolean, nullable=False, server_default=text("false")),
+    Index("ix_ledger_rollup_daily_day", "day"),
+    Index("ix_ledger_rollup_daily_pending", "day", postgresql_where=text("NOT compacted")),
+)
+
+task_stream_rollup_daily = Table(
+    "task_stream_rollup_daily",
+    metadata,
+    Column("day", Date, nullable=False),
+    Column("stream", Text, nullable=False),
+    Column("currency", Text, nullable=False),
+    _counter("tasks"),
+    _counter("unpriced"),
+    Column("cost", Numeric(30, 6), nullable=False, server_default=text("0")),
+    Column("compacted", Boolean, nullable=False, server_default=text("false")),
+    Index("ix_task_stream_rollup_daily_day", "day"),
+    Index("ix_task_stream_rollup_daily_pending", "day", postgresql_where=text("NOT compacted")),
+)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -91,12 +91,35 @@ def rollups_are_exact(f: MetricsFilter) -> bool:
     return whole_hour_offsets(f)
 
 
+def daily_span(f: MetricsFilter, by_bucket: bool) -> tuple[datetime, datetime] | None:
+    """The whole UTC days inside the period that daily rollups can answer for, or None.
+
+    Without buckets (a summary) any whole UTC day inside the period will do. With buckets,
+    only where a UTC day lies in one bucket: granularity of a day or more, in a zone at UTC
+    offset 0 throughout the period."""
+    if by_bucket and (f.granularity == "hour" or not _offsets_all(f, lambda s: s == 0)):
+        return None
+    utc = ZoneInfo("UTC")
+    start, end = f.start.astimezone(utc), f.end.astimezone(utc)
+    first = start.replace(hour=0, minute=0, second=0, microsecond=0)
+    if first < start:
+        first += timedelta(days=1)
+    last = end.replace(hour=0, minute=0, second=0, microsecond=0)
+    return (first, last) if first < last else None
+
+
 def whole_hour_offsets(f: MetricsFilter) -> bool:
     """True when the zone's UTC offset is a whole number of hours throughout the period."""
+    return _offsets_all(f, lambda seconds: seconds % 3600 == 0)
+
+
+def _offsets_all(f: MetricsFilter, test: Callable[[float], bool]) -> bool:
+    """Whether the zone's UTC offset (in seconds) passes `test` throughout the period; probed
+    every 14 days, which no real zone's offset changes faster than."""
     probe = f.start
     while probe < f.end + timedelta(days=1):
         offset = probe.astimezone(f.tz).utcoffset()
-        if offset is None or offset.total_seconds() % 3600:
+        if offset is None or not test(offset.total_seconds()):
             return False
         probe += timedelta(days=14)
     return True

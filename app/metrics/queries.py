@@ -16,9 +16,9 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
-    Select,
     ColumnElement,
     Connection,
+    Select,
     and_,
     case,
     cast,
@@ -170,7 +170,7 @@ def _ledger_sums(
     conn: Connection, f: MetricsFilter, reporting: str, raw: bool, by_bucket: bool
 ) -> dict[tuple[datetime | None, str], BaseFigures]:
     src = _pre_aggregated(
-        ledger_source(f, raw),
+        ledger_source(f, raw, by_bucket),
         f,
         by_bucket,
         ["stream", "currency", "settlement_currency"],
@@ -231,7 +231,11 @@ def _task_rows(
     counters = TASK_COUNTERS if detailed else TASK_COUNTERS[:2]
     keys = ["stream", "ai_model", "task_type", "currency"] if detailed else ["stream", "currency"]
     src = _pre_aggregated(
-        task_source(f, raw, detailed=detailed), f, by_bucket, keys, ["cost", *counters]
+        task_source(f, raw, detailed=detailed, by_bucket=by_bucket),
+        f,
+        by_bucket,
+        keys,
+        ["cost", *counters],
     )
     joined, rate = _with_fx(src, reporting)
     converted = _is_converted(src, rate, reporting, settled=False)

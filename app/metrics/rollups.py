@@ -19,6 +19,8 @@ _KEYS = {
     "ledger_rollup": ("bucket", "stream", "currency", "settlement_currency"),
     "task_rollup": ("bucket", "stream", "ai_model", "task_type", "currency"),
     "task_stream_rollup": ("bucket", "stream", "currency"),
+    "ledger_rollup_daily": ("day", "stream", "currency", "settlement_currency"),
+    "task_stream_rollup_daily": ("day", "stream", "currency"),
 }
 _SUMS = {
     "ledger_rollup": (
@@ -30,10 +32,13 @@ _SUMS = {
     ),
     "task_stream_rollup": ("tasks", "unpriced", "cost"),
 }  # fmt: skip
+_SUMS["ledger_rollup_daily"] = _SUMS["ledger_rollup"]
+_SUMS["task_stream_rollup_daily"] = _SUMS["task_stream_rollup"]
 
 
 def _compaction_sql(table: str) -> str:
     keys, sums = _KEYS[table], _SUMS[table]
+    time_key = keys[0]  # bucket or day: the indexed column
     key_list = ", ".join(keys)
     match = " AND ".join(f"r.{k} = d.{k}" for k in keys)
     # A key whose sums all cancel out (e.g. a charge moved to another stream) disappears.
@@ -41,10 +46,10 @@ def _compaction_sql(table: str) -> str:
     return f"""
         WITH dirty AS (SELECT DISTINCT {key_list} FROM {table} WHERE NOT compacted),
         moved AS (
-            -- Only the dirty buckets are read, through the bucket index (the = ANY(ARRAY())
+            -- Only the dirty buckets are read, through their index (the = ANY(ARRAY())
             -- form keeps that plan whatever the table's statistics say).
             DELETE FROM {table} r USING dirty d
-            WHERE r.bucket = ANY(ARRAY(SELECT DISTINCT bucket FROM dirty)) AND {match}
+            WHERE r.{time_key} = ANY(ARRAY(SELECT DISTINCT {time_key} FROM dirty)) AND {match}
             RETURNING r.*
         )
         INSERT INTO {table} ({key_list}, {", ".join(sums)}, compacted)

@@ -7,12 +7,34 @@ can be checked against the raw tables (tests, bench) by flipping `raw=True`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, case, func, literal, select
+from sqlalchemy import (
+    ColumnElement,
+    CompoundSelect,
+    DateTime,
+    Select,
+    Table,
+    and_,
+    case,
+    cast,
+    func,
+    literal,
+    select,
+    union_all,
+)
 
-from app.metrics.filters import MetricsFilter
-from app.models import execution_tasks, ledger_entries, ledger_rollup, task_rollup
+from app.metrics.filters import MetricsFilter, daily_span
+from app.models import (
+    execution_tasks,
+    ledger_entries,
+    ledger_rollup,
+    ledger_rollup_daily,
+    task_rollup,
+    task_stream_rollup_daily,
+)
 from app.models import task_stream_rollup as stream_rollup
 
 LEDGER_MONEY = ("gross", "refunds", "disputes", "fees")
@@ -23,18 +45,49 @@ def _in(column: ColumnElement[str], values: tuple[str, ...]) -> ColumnElement[bo
     return column.in_(values) if values else literal(True)
 
 
-def ledger_source(f: MetricsFilter, raw: bool) -> Select[Any]:
+def _hourly_and_daily(
+    f: MetricsFilter,
+    by_bucket: bool,
+    hourly: Table,
+    daily: Table,
+    columns: Callable[[Table], list[ColumnElement[Any]]],
+) -> Select[Any] | CompoundSelect[Any]:
+    """Rollup rows covering [start, end): daily rows for the whole UTC days inside it (when
+    `daily_span` allows), hourly rows for the rest. `ts` is the hour, or the day's midnight."""
+    h, d = hourly.c, daily.c
+    span = daily_span(f, by_bucket)
+
+    def hours(lo: datetime, hi: datetime) -> Select[Any]:
+        return select(h.bucket.label("ts"), *columns(hourly)).where(
+            h.bucket >= lo, h.bucket < hi, _in(h.stream, f.streams)
+        )
+
+    if span is None:
+        return hours(f.start, f.end)
+    first, last = span
+    midnight = func.timezone("UTC", cast(d.day, DateTime())).label("ts")
+    days = select(midnight, *columns(daily)).where(
+        d.day >= first.date(), d.day < last.date(), _in(d.stream, f.streams)
+    )
+    return union_all(hours(f.start, first), days, hours(last, f.end))
+
+
+def _ledger_columns(table: Table) -> list[ColumnElement[Any]]:
+    t = table.c
+    return [
+        t.stream,
+        t.currency,
+        t.settlement_currency,
+        *[t[m] for m in LEDGER_MONEY],
+        *[t["settled_" + m] for m in LEDGER_MONEY],
+    ]
+
+
+def ledger_source(f: MetricsFilter, raw: bool, by_bucket: bool = True) -> Select[Any]:
     """(ts, stream, currency, settlement_currency, gross..fees, settled_gross..settled_fees)."""
     if not raw:
-        r = ledger_rollup.c
-        return select(
-            r.bucket.label("ts"),
-            r.stream,
-            r.currency,
-            r.settlement_currency,
-            *[r[m] for m in LEDGER_MONEY],
-            *[r["settled_" + m] for m in LEDGER_MONEY],
-        ).where(r.bucket >= f.start, r.bucket < f.end, _in(r.stream, f.streams))
+        rows = _hourly_and_daily(f, by_bucket, ledger_rollup, ledger_rollup_daily, _ledger_columns)
+        return select(rows.subquery("rollup"))
     le = ledger_entries.c
 
     def of_kind(column: ColumnElement[int], money: str) -> ColumnElement[int]:
@@ -53,9 +106,19 @@ def ledger_source(f: MetricsFilter, raw: bool) -> Select[Any]:
     ).where(le.booked_at >= f.start, le.booked_at < f.end, _in(le.stream, f.streams))
 
 
-def task_source(f: MetricsFilter, raw: bool, detailed: bool) -> Select[Any]:
+def _task_stream_columns(table: Table) -> list[ColumnElement[Any]]:
+    t = table.c
+    return [t.stream, t.currency, t.tasks, t.unpriced, t.cost]
+
+
+def task_source(f: MetricsFilter, raw: bool, detailed: bool, by_bucket: bool = True) -> Select[Any]:
     """(ts, stream, [ai_model, task_type,] currency, tasks, unpriced, cost
     [, succeeded, failed, duration_ms, durations]). `detailed` keeps model and task type."""
+    if not raw and not (detailed or f.filters_tasks):
+        rows = _hourly_and_daily(
+            f, by_bucket, stream_rollup, task_stream_rollup_daily, _task_stream_columns
+        )
+        return select(rows.subquery("rollup"))
     if not raw:
         table = task_rollup if (detailed or f.filters_tasks) else stream_rollup
         t = table.c
