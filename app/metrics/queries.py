@@ -33,7 +33,12 @@ from sqlalchemy.sql import Join, Subquery
 from sqlalchemy.types import Date
 
 from app.metrics.figures import BaseFigures, Figures, derive
-from app.metrics.filters import MetricsFilter, rollups_are_exact, whole_hour_offsets
+from app.metrics.filters import (
+    MetricsFilter,
+    daily_span,
+    rollups_are_exact,
+    whole_hour_offsets,
+)
 from app.metrics.sources import LEDGER_MONEY, ledger_source, task_source
 from app.models import execution_tasks, fx_rates, stripe_events
 from app.money import THREE_DECIMAL, ZERO_DECIMAL, exponent
@@ -101,16 +106,22 @@ def _to_reporting_scale(currency: ColumnElement[str], reporting: str) -> ColumnE
     )
 
 
-def _pre_aggregated(
+def _dated(
     source: Select[Any], f: MetricsFilter, by_bucket: bool, keys: list[str], sums: list[str]
 ) -> Subquery:
-    """Source rows summed per (bucket, UTC day, keys) before anything is converted: an FX rate
-    holds for a whole UTC day and conversion is linear, so converting these sums is exact and
-    touches a fraction of the rows."""
+    """Source rows with their bucket and their UTC day (the day whose FX rate applies).
+
+    Hourly rows are first summed per (bucket, day, keys): an FX rate holds for a whole UTC day
+    and conversion is linear, so converting the sums is exact and converts 24 times fewer
+    rows. Daily rows are already one per (day, keys), so that step would only cost time."""
     src = source.subquery("src")
     bucket = _bucket(f, src.c.ts) if by_bucket else null()
     day = cast(func.timezone("UTC", src.c.ts), Date)
     columns = [src.c[k] for k in keys]
+    if daily_span(f, by_bucket) is not None:
+        return select(
+            bucket.label("bucket"), day.label("day"), *columns, *[src.c[s] for s in sums]
+        ).subquery("pre")
     return (
         select(
             bucket.label("bucket"),
@@ -169,7 +180,7 @@ def _is_converted(
 def _ledger_sums(
     conn: Connection, f: MetricsFilter, reporting: str, raw: bool, by_bucket: bool
 ) -> dict[tuple[datetime | None, str], BaseFigures]:
-    src = _pre_aggregated(
+    src = _dated(
         ledger_source(f, raw, by_bucket),
         f,
         by_bucket,
@@ -230,7 +241,7 @@ def _task_rows(
     """Task rollup (or raw) rows with their cost converted, ready to be grouped."""
     counters = TASK_COUNTERS if detailed else TASK_COUNTERS[:2]
     keys = ["stream", "ai_model", "task_type", "currency"] if detailed else ["stream", "currency"]
-    src = _pre_aggregated(
+    src = _dated(
         task_source(f, raw, detailed=detailed, by_bucket=by_bucket),
         f,
         by_bucket,
