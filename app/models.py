@@ -12,6 +12,8 @@ arrival order.
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -338,27 +340,41 @@ def _counter(name: str) -> Column[int]:
     return Column(name, BigInteger, nullable=False, server_default=text("0"))
 
 
-ledger_rollup = Table(
-    "ledger_rollup",
-    metadata,
-    Column("bucket", DateTime(timezone=True), nullable=False),
-    Column("stream", Text, nullable=False),
-    Column("currency", Text, nullable=False),
-    Column("settlement_currency", Text, nullable=False),
-    *[_counter(m) for m in ("gross", "refunds", "disputes", "fees")],
-    *[_counter("settled_" + m) for m in ("gross", "refunds", "disputes", "fees")],
-    _counter("entries"),
-    Column("compacted", Boolean, nullable=False, server_default=text("false")),
-    Index("ix_ledger_rollup_bucket", "bucket"),
-    Index("ix_ledger_rollup_pending", "bucket", postgresql_where=text("NOT compacted")),
-)
+def _time_key(table: str, name: str) -> list[Any]:
+    """The time column of a rollup (`bucket`: UTC hour, `day`: UTC day), its index, and the
+    partial index compaction finds new rows by."""
+    kind = DateTime(timezone=True) if name == "bucket" else Date
+    return [
+        Column(name, kind, nullable=False),
+        Index(f"ix_{table}_{name}", name),
+        Index(f"ix_{table}_pending", name, postgresql_where=text("NOT compacted")),
+    ]
 
 
-def _task_rollup(name: str, *detail: Column[object]) -> Table:
+def _compacted() -> Column[bool]:
+    return Column("compacted", Boolean, nullable=False, server_default=text("false"))
+
+
+def _ledger_rollup(name: str, time_key: str) -> Table:
     return Table(
         name,
         metadata,
-        Column("bucket", DateTime(timezone=True), nullable=False),
+        *_time_key(name, time_key),
+        Column("stream", Text, nullable=False),
+        Column("currency", Text, nullable=False),
+        Column("settlement_currency", Text, nullable=False),
+        *[_counter(m) for m in ("gross", "refunds", "disputes", "fees")],
+        *[_counter("settled_" + m) for m in ("gross", "refunds", "disputes", "fees")],
+        _counter("entries"),
+        _compacted(),
+    )
+
+
+def _task_rollup(name: str, time_key: str, *detail: Column[object]) -> Table:
+    return Table(
+        name,
+        metadata,
+        *_time_key(name, time_key),
         Column("stream", Text, nullable=False),
         *detail,
         Column("currency", Text, nullable=False),
@@ -376,49 +392,25 @@ def _task_rollup(name: str, *detail: Column[object]) -> Table:
             if detail
             else []
         ),
-        Column("compacted", Boolean, nullable=False, server_default=text("false")),
-        Index(f"ix_{name}_bucket", "bucket"),
-        Index(f"ix_{name}_pending", "bucket", postgresql_where=text("NOT compacted")),
+        _compacted(),
     )
+
+
+ledger_rollup = _ledger_rollup("ledger_rollup", "bucket")
 
 
 # Per stream, model and task type: for the models view and for filtered summaries.
 task_rollup = _task_rollup(
     "task_rollup",
+    "bucket",
     Column("ai_model", Text, nullable=False),
     Column("task_type", Text, nullable=False),
 )
 # Per stream only: what the per-stream summary needs, 1/(models x task types) of the rows.
-task_stream_rollup = _task_rollup("task_stream_rollup")
+task_stream_rollup = _task_rollup("task_stream_rollup", "bucket")
 
 
 # Daily (UTC day) twins of ledger_rollup and task_stream_rollup (migration 0006), kept by the
 # same triggers: a period reads them for the UTC days it covers whole, hourly rows at its ends.
-ledger_rollup_daily = Table(
-    "ledger_rollup_daily",
-    metadata,
-    Column("day", Date, nullable=False),
-    Column("stream", Text, nullable=False),
-    Column("currency", Text, nullable=False),
-    Column("settlement_currency", Text, nullable=False),
-    *[_counter(m) for m in ("gross", "refunds", "disputes", "fees")],
-    *[_counter("settled_" + m) for m in ("gross", "refunds", "disputes", "fees")],
-    _counter("entries"),
-    Column("compacted", Boolean, nullable=False, server_default=text("false")),
-    Index("ix_ledger_rollup_daily_day", "day"),
-    Index("ix_ledger_rollup_daily_pending", "day", postgresql_where=text("NOT compacted")),
-)
-
-task_stream_rollup_daily = Table(
-    "task_stream_rollup_daily",
-    metadata,
-    Column("day", Date, nullable=False),
-    Column("stream", Text, nullable=False),
-    Column("currency", Text, nullable=False),
-    _counter("tasks"),
-    _counter("unpriced"),
-    Column("cost", Numeric(30, 6), nullable=False, server_default=text("0")),
-    Column("compacted", Boolean, nullable=False, server_default=text("false")),
-    Index("ix_task_stream_rollup_daily_day", "day"),
-    Index("ix_task_stream_rollup_daily_pending", "day", postgresql_where=text("NOT compacted")),
-)
+ledger_rollup_daily = _ledger_rollup("ledger_rollup_daily", "day")
+task_stream_rollup_daily = _task_rollup("task_stream_rollup_daily", "day")
