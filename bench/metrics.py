@@ -6,14 +6,15 @@ One run, all on this machine over 127.0.0.1, bounded, stopping by itself:
 
 1. a scratch database on the server (DATABASE_URL, default postgresql://postgres@127.0.0.1:5432/
    postgres, is only the admin connection), migrated with `roi migrate`;
-2. seeded through the project's own tables, so the statement triggers of migration 0004 keep
-   the hourly rollups exactly as in production: `INSERT ... SELECT FROM generate_series` into
-   ledger_entries (charges, fees, refunds, disputes; 20 streams; usd and some eur, part of them
-   with a usd settlement amount) and execution_tasks (20 streams, 6 models, 3 task types,
-   succeeded / failed / canceled, sent costs in usd or eur with 6 decimals, a few unpriced),
-   booked over one year ending now, --chunk rows per statement, the two tables at once on two
-   connections; the app's own compaction (app.metrics.rollups.compact_now) after every
-   statement, as its background task would; one eur->usd FX rate per day; VACUUM ANALYZE;
+2. seeded through the project's own tables, so the statement triggers (migrations 0004 and
+   on) keep the hourly and daily rollups exactly as in production: `INSERT ... SELECT FROM
+   generate_series` into ledger_entries (charges, fees, refunds, disputes; 20 streams; usd
+   and some eur, part of them with a usd settlement amount) and execution_tasks (20 streams,
+   6 models, 3 task types, succeeded / failed / canceled, sent costs in usd or eur with 6
+   decimals, a few unpriced), booked over one year ending now, --chunk rows per statement,
+   the two tables at once on two connections; the app's own compaction
+   (app.metrics.rollups.compact_now) after every statement, as its background task would;
+   one eur->usd FX rate per day; VACUUM ANALYZE;
 3. `roi serve` (one worker) on a free port; GET /api/metrics/streams and
    GET /api/metrics/timeseries?granularity=day for the latest --period-days days (dates, in UTC
    and in a zone with daylight saving), --warmup then --requests timed requests each over one
@@ -923,11 +924,11 @@ def report(
         cells = ", ".join(f"{w} {e:.1f} ms (plan {p:.1f}, JIT {j})" for w, p, e, j in rows)
         say(f"  {name}: {cells}")
     say()
-    say(f"{'':<42} {'p50 ms':>9} {'p95 ms':>9} {'n':>4}  {'SQL p50/p95 ms':>16}  note")
+    say(f"{'':<46} {'p50 ms':>9} {'p95 ms':>9} {'n':>4}  {'SQL p50/p95 ms':>16}  note")
     for t in timings + raw_timings:
         sql = f"{t.pct(0.5, t.sql_ms):.1f} / {t.pct(0.95, t.sql_ms):.1f}" if t.sql_ms else ""
         note = t.note or (f"{t.bytes / 1e3:.0f} KB" if t.bytes else "")
-        say(f"{t.label:<42} {t.p50:>9.1f} {t.p95:>9.1f} {len(t.samples_ms):>4}  {sql:>16}  {note}")
+        say(f"{t.label:<46} {t.p50:>9.1f} {t.p95:>9.1f} {len(t.samples_ms):>4}  {sql:>16}  {note}")
     say(f"(machine: {busy:.2f} cores busy on average while timing, ours included)")
     say()
     say("where the API's time goes (p50 ms): SQL | Python metrics layer | FastAPI+JSON+HTTP")
