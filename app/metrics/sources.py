@@ -119,19 +119,21 @@ def task_source(f: MetricsFilter, raw: bool, detailed: bool, by_bucket: bool = T
             f, by_bucket, stream_rollup, task_stream_rollup_daily, _task_stream_columns
         )
         return select(rows.subquery("rollup"))
-    if not raw:
-        table = task_rollup if (detailed or f.filters_tasks) else stream_rollup
-        t = table.c
+    if not raw:  # per model and task type, or filtered by them: the detailed hourly rollup
+        t = task_rollup.c
         columns: list[ColumnElement[Any]] = [t.bucket.label("ts"), t.stream]
         if detailed:
             columns += [t.ai_model, t.task_type]
         columns += [t.currency, t.tasks, t.unpriced, t.cost]
         if detailed:
             columns += [t.succeeded, t.failed, t.duration_ms, t.durations]
-        conditions = [t.bucket >= f.start, t.bucket < f.end, _in(t.stream, f.streams)]
-        if table is task_rollup:
-            conditions += [_in(t.ai_model, f.ai_models), _in(t.task_type, f.task_types)]
-        return select(*columns).where(*conditions)
+        return select(*columns).where(
+            t.bucket >= f.start,
+            t.bucket < f.end,
+            _in(t.stream, f.streams),
+            _in(t.ai_model, f.ai_models),
+            _in(t.task_type, f.task_types),
+        )
     x = execution_tasks.c
     raw_columns: list[ColumnElement[Any]] = [x.started_at.label("ts"), x.stream]
     if detailed:
