@@ -1,6 +1,6 @@
 """Facts -> database: order-independent merges, then the ledger entries rebuilt from them.
 
-Every merge below is commutative and idempotent (flags OR-ed, amounts by high-water mark,
+Every merge is commutative and idempotent (flags OR-ed, amounts by high-water mark,
 times by earliest, mutable metadata by the newest (event created, event id)), so the merged
 facts, and the ledger derived from them, are the same for any order or duplication of events.
 
