@@ -1,0 +1,1 @@
+"""The Dash app: pages and figures, nothing but presentation."""

@@ -1,0 +1,1 @@
+"""One page per file. Each has PATH (under /dashboard), TITLE, `layout()` and `register()`."""
