@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Bootstrap for a fresh clone: `python3 dev.py serve` or `python3 dev.py test`.
+"""Bootstrap for a fresh clone: `python3 dev.py demo`, `serve` or `test`.
 
 Creates .venv with the project and its dev tools installed (again whenever pyproject.toml
 changes), then runs the command inside it. Needs nothing but Python 3.11 and PyPI.
@@ -20,6 +20,7 @@ BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 STAMP = VENV / ".installed-from"
 
 COMMANDS = {
+    "demo": [str(BIN / "roi"), "demo"],
     "serve": [str(BIN / "roi"), "serve"],
     "test": [str(BIN / "python"), "-m", "pytest"],
     "roi": [str(BIN / "roi")],

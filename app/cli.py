@@ -1,4 +1,4 @@
-"""`roi`: serve the app, migrate the schema, replay failed events."""
+"""`roi`: serve the app, migrate the schema, replay failed events, catch up from Stripe."""
 
 from __future__ import annotations
 
@@ -6,14 +6,19 @@ import asyncio
 import logging
 import sys
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
 import typer
 from sqlalchemy import Engine
 
+from app.alerts.cli import register as register_alert_commands
+from app.demo import register as register_demo_command
+from app.export_cli import register as register_export_commands
 from app.ledger.store import set_stream_mapping
 from app.settings import get_settings
 from app.tasks_cli import register as register_task_cost_commands
+from app.tokens_cli import register as register_token_commands
 
 T = TypeVar("T")
 
@@ -42,16 +47,24 @@ def serve(
     workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
 ) -> None:
     """Run the web app (webhook, API) after checking the schema."""
+    import logging.config
+
     import uvicorn
 
+    from app.observability.logs import logging_config
+    from app.observability.prometheus import prepare_multiprocess_dir, remove_multiprocess_dir
     from app.schema import SchemaMismatch, ensure_schema
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = get_settings()
+    log_config = logging_config(settings)
+    logging.config.dictConfig(log_config)
     try:
         status = ensure_schema(_engine(), settings)
     except SchemaMismatch as exc:
         _fail(str(exc))
+    from app.auth.setup import announce_first_admin
+
+    announce_first_admin(_engine())  # on the very first start only; stderr, never the log
     where = "embedded PostgreSQL" if settings.uses_embedded_database else "DATABASE_URL"
     typer.echo(f"schema at {status.head} on the {where}; serving on http://{host}:{port}/")
     if not settings.webhook_secrets:
@@ -60,15 +73,25 @@ def serve(
             fg=typer.colors.YELLOW,
             err=True,
         )
-    uvicorn.run(
-        "app.main:create_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_level="warning",
-        timeout_graceful_shutdown=20,
-    )
+    # Before the workers start: each worker writes its metrics there, a scrape sums them.
+    metrics_dir, made_here = prepare_multiprocess_dir(workers)
+    try:
+        uvicorn.run(
+            "app.main:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_config=log_config,  # applied again in each worker process
+            log_level=settings.log_level.lower(),
+            access_log=False,  # RequestContext writes the access lines, with the request id
+            # On SIGTERM: stop accepting, let requests in flight finish (up to 20 s), then the
+            # lifespan shutdown drains the event writer's queue.
+            timeout_graceful_shutdown=20,
+        )
+    finally:
+        if metrics_dir is not None and made_here:
+            remove_multiprocess_dir(metrics_dir)
 
 
 @cli.command()
@@ -150,6 +173,7 @@ def replay(
 async def _replay(failed: bool, ids: list[str]) -> dict[str, int]:
     import psycopg
 
+    from app.changes import ANNOUNCE_SQL
     from app.database import libpq_url
     from ingest.event_writer import write_now
     from ingest.stripe_webhook import parse_event, stored_event
@@ -176,7 +200,75 @@ async def _replay(failed: bool, ids: list[str]) -> dict[str, int]:
                 continue
             outcome = await write_now(conn, stored)
             counts[outcome.value] = counts.get(outcome.value, 0) + 1
+        if rows:
+            await conn.execute(ANNOUNCE_SQL)  # open dashboards redraw
+            await conn.commit()
     return counts
+
+
+def _moment(value: str | None, option: str) -> datetime | None:
+    """A date (midnight UTC) or an ISO datetime (UTC unless it says otherwise)."""
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        _fail(f"{option}: expected a date (2026-11-01) or an ISO datetime, got {value!r}")
+        raise  # unreachable: _fail exits
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+@cli.command()
+def reconcile(
+    since: Annotated[
+        str | None,
+        typer.Option(
+            help="Catch up events from this date or datetime (default: where the last run stopped)."
+        ),
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option(help="Stop before this date or datetime (default: now).")
+    ] = None,
+    fees: Annotated[
+        bool,
+        typer.Option(
+            "--fees",
+            help="Fetch the fees of charges whose balance transaction is not known yet "
+            "(alone: only that).",
+        ),
+    ] = False,
+) -> None:
+    """Catch up from the Stripe API: book events the webhook missed, and fees."""
+    import stripe
+
+    from ingest.stripe_api import MissingApiKey, describe
+    from ingest.stripe_catchup import NoStartingPoint, fetch_fees, reconcile_events
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
+    settings = get_settings()
+    start, end = _moment(since, "--since"), _moment(until, "--until")
+    if start and end and end <= start:
+        _fail("--until must be after --since")
+    problem = False
+    try:
+        if not fees or since or until:
+            events = asyncio.run(reconcile_events(settings, since=start, until=end))
+            typer.echo(events.summary())
+            mark = events.high_water.isoformat() if events.high_water else "none yet"
+            typer.echo(f"high-water mark: {mark}")
+            if events.gave_up:
+                typer.secho(f"{events.gave_up}; run again to continue", fg="red", err=True)
+            problem = bool(events.gave_up or events.failed)
+        if fees:
+            fee_round = asyncio.run(fetch_fees(settings, everything=True))
+            typer.echo(fee_round.summary())
+            problem = problem or bool(fee_round.gave_up or fee_round.failed)
+    except (MissingApiKey, NoStartingPoint) as exc:
+        _fail(str(exc))
+    except stripe.StripeError as exc:  # not worth retrying: a bad key, a bad request
+        _fail(f"the Stripe API refused: {describe(exc)}")
+    if problem:
+        raise typer.Exit(1)
 
 
 streams = typer.Typer(help="Map Stripe product, price or customer ids to streams.")
@@ -205,9 +297,20 @@ def _set_mapping(stripe_id: str, stream: str | None) -> None:
         _fail(f"stripe_id: expected a prod_, price_ or cus_ id, got {stripe_id!r}")
     if stream == "":
         _fail("stream: must not be empty")
-    count = asyncio.run(_with_connection(lambda conn: set_stream_mapping(conn, stripe_id, stream)))
+    count = asyncio.run(_with_connection(lambda conn: _audited_mapping(conn, stripe_id, stream)))
     verb = f"mapped to {stream!r}" if stream else "unmapped"
     typer.echo(f"{stripe_id} {verb}; {count} charge(s) re-attributed")
+
+
+async def _audited_mapping(conn: Any, stripe_id: str, stream: str | None) -> int:
+    from app.audit import record_audit_async
+    from app.auth.principal import cli_principal
+
+    count = await set_stream_mapping(conn, stripe_id, stream)
+    action = "stream_mapping.set" if stream else "stream_mapping.remove"
+    details = {"stripe_id": stripe_id, "stream": stream, "charges_reattributed": count}
+    await record_audit_async(conn, cli_principal(), action, f"stream_mapping:{stripe_id}", details)
+    return count
 
 
 async def _with_connection(work: Callable[[Any], Awaitable[T]]) -> T:
@@ -221,6 +324,10 @@ async def _with_connection(work: Callable[[Any], Awaitable[T]]) -> T:
 
 
 register_task_cost_commands(cli)
+register_demo_command(cli)
+register_export_commands(cli)
+register_token_commands(cli)
+register_alert_commands(cli)
 
 
 def main() -> None:

@@ -30,6 +30,7 @@ from sqlalchemy import (
     SmallInteger,
     Table,
     Text,
+    UniqueConstraint,
     func,
     text,
 )
@@ -199,6 +200,41 @@ ledger_entries = Table(
     CheckConstraint("kind IN ('charge', 'refund', 'dispute', 'fee')", name="kind"),
     Index("ix_ledger_entries_charge_id", "charge_id"),
     Index("ix_ledger_entries_booked_at", "booked_at"),
+    # Movements whose balance transaction is not known yet (migration 0010): the fee fetcher's
+    # work list and the `fees_unknown` count, small once fees are caught up.
+    Index(
+        "ix_ledger_entries_settlement_unknown",
+        "booked_at",
+        "entry_key",
+        postgresql_where=text("settlement_amount IS NULL"),
+    ),
+)
+
+# Balance transactions whose fetch from the Stripe API gave up (ingest/stripe_catchup.py): kept
+# so the next round tries again, after `next_attempt_at`. A row goes once the fetch succeeds.
+stripe_fee_fetches = Table(
+    "stripe_fee_fetches",
+    metadata,
+    Column("balance_transaction", Text, primary_key=True),
+    Column("charge_id", Text, nullable=False),
+    Column("source_id", Text, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("last_error", Text, nullable=False),
+    _ts("next_attempt_at", nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+# How far the event catch-up got (`roi reconcile`): every listed event created up to
+# `high_water` is stored (processed or ignored), so a run without --since starts there.
+stripe_catchup_state = Table(
+    "stripe_catchup_state",
+    metadata,
+    Column("name", Text, primary_key=True),
+    _ts("high_water"),
+    Column("high_water_event_id", Text),
+    _ts("last_run_at"),
+    Column("last_error", Text),
+    CheckConstraint("name IN ('events')", name="name"),
 )
 
 # AI task costs. Filled by the task intake; see docs/ for the table contract.
@@ -328,6 +364,35 @@ fx_rates = Table(
     ),
     CheckConstraint("rate > 0", name="rate_positive"),
 )
+# Trend alerts (app/alerts, docs/alerts.md). One row per stream, metric, direction and day of
+# detection: the unique key is what makes evaluating again, or in several processes at once,
+# store and send each alert once. `sent_at` is null until the outgoing webhook accepted it.
+alerts = Table(
+    "alerts",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("stream", Text, nullable=False),
+    Column("metric", Text, nullable=False),
+    Column("direction", Text, nullable=False),
+    Column("detected_on", Date, nullable=False),
+    Column("change_started_on", Date, nullable=False),
+    Column("baseline_value", Numeric, nullable=False),
+    Column("recent_value", Numeric, nullable=False),
+    Column("change", Numeric, nullable=False),
+    Column("relative_change", Numeric),
+    Column("currency", Text),
+    Column("message", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    _ts("sent_at"),
+    Column("send_attempts", Integer, nullable=False, server_default=text("0")),
+    Column("last_error", Text),
+    CheckConstraint("metric IN ('net_revenue', 'margin', 'roi')", name="metric"),
+    CheckConstraint("direction IN ('drop', 'rise')", name="direction"),
+    UniqueConstraint("stream", "metric", "direction", "detected_on"),
+    Index("ix_alerts_detected_on", "detected_on"),
+    Index("ix_alerts_unsent", "id", postgresql_where=text("sent_at IS NULL")),
+)
+
 # --- Pre-aggregated figures (migration 0004) ------------------------------------------------
 # Append-only hourly rollups kept by statement triggers on ledger_entries and execution_tasks:
 # a write appends its net change (an update: the old row negated, then the new one). Readers
@@ -351,8 +416,13 @@ def _time_key(table: str, name: str) -> list[Any]:
     ]
 
 
-def _compacted() -> Column[bool]:
-    return Column("compacted", Boolean, nullable=False, server_default=text("false"))
+def _compacted() -> list[Column[Any]]:
+    """`compacted`, and when the row was appended: the age of the oldest uncompacted row is
+    the pre-aggregation lag (migration 0009)."""
+    return [
+        Column("compacted", Boolean, nullable=False, server_default=text("false")),
+        Column("appended_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    ]
 
 
 def _ledger_rollup(name: str, time_key: str) -> Table:
@@ -366,7 +436,7 @@ def _ledger_rollup(name: str, time_key: str) -> Table:
         *[_counter(m) for m in ("gross", "refunds", "disputes", "fees")],
         *[_counter("settled_" + m) for m in ("gross", "refunds", "disputes", "fees")],
         _counter("entries"),
-        _compacted(),
+        *_compacted(),
     )
 
 
@@ -392,7 +462,7 @@ def _task_rollup(name: str, time_key: str, *detail: Column[object]) -> Table:
             if detail
             else []
         ),
-        _compacted(),
+        *_compacted(),
     )
 
 
@@ -414,3 +484,58 @@ task_stream_rollup = _task_rollup("task_stream_rollup", "bucket")
 # same triggers: a period reads them for the UTC days it covers whole, hourly rows at its ends.
 ledger_rollup_daily = _ledger_rollup("ledger_rollup_daily", "day")
 task_stream_rollup_daily = _task_rollup("task_stream_rollup_daily", "day")
+
+
+# --- Access control (migration 0008) ----------------------------------------------------------
+# API tokens: only a SHA-256 of each token is kept (app/auth/tokens.py says why that hash), with
+# its first characters for people to tell tokens apart. Revoked tokens stay, so the audit log
+# keeps naming them and a revoked name can be reused by a new token.
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("name", Text, nullable=False),
+    Column("role", Text, nullable=False),
+    Column("token_hash", Text, nullable=False),
+    Column("prefix", Text, nullable=False),
+    Column("created_by", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    _ts("last_used_at"),
+    _ts("revoked_at"),
+    CheckConstraint("role IN ('viewer', 'finance', 'admin', 'ingest')", name="role"),
+    CheckConstraint("token_hash ~ '^[0-9a-f]{64}$'", name="token_hash_sha256"),
+    Index("ix_api_tokens_token_hash", "token_hash", unique=True),
+    Index(
+        "ix_api_tokens_name_active",
+        "name",
+        unique=True,
+        postgresql_where=text("revoked_at IS NULL"),
+    ),
+)
+
+# Who changed or exported what, and when. `actor` is the token's name at the time (or
+# `cli:<os user>`), so a row still says who after the token is revoked.
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("token_id", BigInteger, ForeignKey("api_tokens.id")),
+    Column("actor", Text, nullable=False),
+    Column("role", Text, nullable=False),
+    Column("action", Text, nullable=False),
+    Column("target", Text, nullable=False),
+    Column("details", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("client_address", Text),
+    Index("ix_audit_log_at", "at"),
+)
+
+# Secrets the app generates for itself when no setting provides them (the session signing key
+# when ROI_SECRET_KEY is unset): kept here so every web worker and every restart agree.
+app_secrets = Table(
+    "app_secrets",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("value", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)

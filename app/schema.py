@@ -8,6 +8,7 @@ stops with the pending revisions and the command that applies them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from alembic import command
@@ -45,8 +46,17 @@ def alembic_config(engine: Engine) -> Config:
     return config
 
 
+@lru_cache(maxsize=1)
+def _migration_scripts() -> ScriptDirectory:
+    """Read once per process: /readyz asks on every probe, and the scripts cannot change
+    under a running process (parsing them costs some 20 ms)."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return ScriptDirectory.from_config(config)
+
+
 def schema_status(engine: Engine) -> SchemaStatus:
-    script = ScriptDirectory.from_config(alembic_config(engine))
+    script = _migration_scripts()
     head = script.get_current_head()
     if head is None:
         raise RuntimeError(f"no migrations found in {MIGRATIONS_DIR}")

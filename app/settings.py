@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -18,6 +20,7 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         default=None,
         validation_alias="DATABASE_URL",
+        repr=False,  # may hold a password
         description="PostgreSQL server URL; unset means the embedded pgserver database.",
     )
     data_dir: Path = Field(
@@ -28,6 +31,7 @@ class Settings(BaseSettings):
     stripe_webhook_secret: str = Field(
         default="",
         validation_alias="STRIPE_WEBHOOK_SECRET",
+        repr=False,  # a logged Settings (or a middleware list) must not show a secret
         description="Webhook signing secret(s), comma-separated to rotate without losing events.",
     )
     reporting_currency: str = Field(default="usd", validation_alias="REPORTING_CURRENCY")
@@ -41,6 +45,58 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(default=8, ge=1, validation_alias="ROI_DB_POOL_SIZE")
     db_timeout_seconds: float = Field(default=2.0, gt=0, validation_alias="ROI_DB_TIMEOUT")
     ingest_writers: int = Field(default=2, ge=1, validation_alias="ROI_INGEST_WRITERS")
+    log_format: Literal["auto", "json", "text"] = Field(
+        default="auto",
+        validation_alias="ROI_LOG_FORMAT",
+        description="json: one JSON object per line; text: for people; auto: text on a TTY.",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
+        default="INFO", validation_alias="ROI_LOG_LEVEL"
+    )
+    # Access control (app/auth).
+    secret_key: str = Field(
+        default="",
+        validation_alias="ROI_SECRET_KEY",
+        repr=False,
+        description="Signs session cookies; unset: a key generated once and kept in the database.",
+    )
+    session_hours: float = Field(default=12.0, gt=0, validation_alias="ROI_SESSION_HOURS")
+    metrics_public: bool = Field(default=True, validation_alias="ROI_METRICS_PUBLIC")
+    # Catch-up from the Stripe API (ingest/stripe_catchup.py).
+    stripe_api_key: str = Field(
+        default="",
+        validation_alias="STRIPE_API_KEY",
+        repr=False,
+        description="Secret or restricted key (read events and balance transactions).",
+    )
+    stripe_api_base: str = Field(
+        default="https://api.stripe.com", validation_alias="STRIPE_API_BASE"
+    )
+    stripe_api_timeout_seconds: float = Field(
+        default=30.0, gt=0, validation_alias="ROI_STRIPE_API_TIMEOUT"
+    )
+    stripe_give_up_seconds: float = Field(
+        default=120.0, gt=0, validation_alias="ROI_STRIPE_GIVE_UP_SECONDS"
+    )
+    fee_fetch_interval_seconds: float = Field(
+        default=60.0, gt=0, validation_alias="ROI_FEE_FETCH_INTERVAL"
+    )
+    # Trend alerts (app/alerts).
+    alert_webhook_url: str | None = Field(
+        default=None,
+        validation_alias="ROI_ALERT_WEBHOOK_URL",
+        description="Slack-compatible incoming webhook for trend alerts; unset: only stored.",
+    )
+    alert_interval_seconds: float = Field(
+        default=300.0, ge=0, validation_alias="ROI_ALERT_INTERVAL"
+    )
+    alert_min_daily_change: Decimal = Field(
+        default=Decimal(10),
+        gt=0,
+        validation_alias="ROI_ALERT_MIN_DAILY_CHANGE",
+        description="Smallest change of net revenue or margin a day worth an alert, in major "
+        "units of REPORTING_CURRENCY.",
+    )
 
     @field_validator("reporting_currency")
     @classmethod
@@ -49,6 +105,13 @@ class Settings(BaseSettings):
         if len(value) != 3 or not value.isalpha():
             raise ValueError("REPORTING_CURRENCY must be a 3-letter ISO 4217 code, e.g. usd")
         return value
+
+    @field_validator("log_format", "log_level", mode="before")
+    @classmethod
+    def _case_insensitive(cls, value: object, info: ValidationInfo) -> object:
+        if not isinstance(value, str):
+            return value
+        return value.strip().upper() if info.field_name == "log_level" else value.strip().lower()
 
     @field_validator("timezone")
     @classmethod

@@ -12,6 +12,8 @@ import typer
 from pydantic import ValidationError
 from sqlalchemy import Connection, Engine
 
+from app.audit import record_audit
+from app.auth.principal import cli_principal
 from app.fields import RowError, error_reasons, format_decimal
 from app.periods import BadParameter, instant, zone
 from app.pricing import (
@@ -106,9 +108,19 @@ def _show_change(change: PriceChange) -> str:
     )
 
 
-def _apply(work: Callable[[Connection], PriceResult]) -> None:
+def _apply(work: Callable[[Connection], PriceResult], action: str, sent: dict[str, Any]) -> None:
+    def audited(conn: Connection) -> PriceResult:
+        result = work(conn)
+        if result.changes:
+            record_audit(conn, cli_principal(), action, f"price:{result.price.id}", {
+                "sent": sent,
+                "ai_model": result.price.ai_model,
+                "price_changes": [c.id for c in result.changes],
+            })  # fmt: skip
+        return result
+
     try:
-        result = _in_transaction(work)
+        result = _in_transaction(audited)
     except PriceRuleError as exc:
         _fail(f"{exc.field}: {exc.message}")
     for change in result.changes:
@@ -210,7 +222,9 @@ def prices_set(
     except ValidationError as exc:
         problems = error_reasons(cast(list[Any], exc.errors(include_url=False)))
         _fail("\n".join(f"{name}: {reason}" for name, reason in problems))
-    _apply(lambda conn: set_price(conn, spec, actor="cli"))
+    _apply(
+        lambda conn: set_price(conn, spec, actor="cli"), "price.set", spec.model_dump(mode="json")
+    )
 
 
 @prices.command("end")
@@ -221,7 +235,11 @@ def prices_end(
     """End a price; tasks started from then on lose it."""
     valid_to = _when(at, "valid_to")
     assert valid_to is not None
-    _apply(lambda conn: end_price(conn, price_id, valid_to, actor="cli"))
+    _apply(
+        lambda conn: end_price(conn, price_id, valid_to, actor="cli"),
+        "price.end",
+        {"price_id": price_id, "valid_to": valid_to.isoformat()},
+    )
 
 
 @prices.command("changes")
@@ -256,7 +274,15 @@ def prices_reprice(
     For rows written straight into execution_tasks (docs/tasks.md). Changes nothing when all
     are up to date.
     """
-    count = _in_transaction(lambda c: reprice_tasks(c, actor="cli", ai_model=model))
+
+    def audited(conn: Connection) -> int:
+        count = reprice_tasks(conn, actor="cli", ai_model=model)
+        if count:
+            record_audit(conn, cli_principal(), "price.reprice", f"ai_model:{model or '*'}",
+                         {"ai_model": model, "tasks_recomputed": count})  # fmt: skip
+        return count
+
+    count = _in_transaction(audited)
     typer.echo(f"{count} task(s) re-priced")
 
 
@@ -285,9 +311,17 @@ def fx_import(
         _fail(f"--quote-currency: {exc}")
     try:
         with file.open(encoding="utf-8-sig", newline="") as handle:
-            counts = _in_transaction(
-                lambda conn: import_csv(conn, handle, default_quote=default_quote)
-            )
+
+            def audited(conn: Connection) -> Any:
+                counts = import_csv(conn, handle, default_quote=default_quote)
+                if counts.inserted or counts.updated:
+                    record_audit(conn, cli_principal(), "fx_rates.import", "fx_rates", {
+                        "file": str(file), "inserted": counts.inserted,
+                        "updated": counts.updated, "unchanged": counts.unchanged,
+                    })  # fmt: skip
+                return counts
+
+            counts = _in_transaction(audited)
     except FxImportError as exc:
         _fail_rows(exc.errors, str(file))
     except UnicodeDecodeError as exc:

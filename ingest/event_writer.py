@@ -23,12 +23,15 @@ from psycopg import errors as pg_errors
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from tenacity import (
     AsyncRetrying,
-    retry_if_exception_type,
+    RetryCallState,
+    retry_if_exception,
     stop_after_delay,
     wait_exponential_jitter,
 )
 
+from app.changes import ANNOUNCE_SQL
 from app.ledger.store import StoredEvent, record_failure, write_events
+from app.observability.prometheus import count_db_retry
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +47,33 @@ class Outcome(enum.StrEnum):
     UNAVAILABLE = "unavailable"
 
 
+# Outcomes that changed what the dashboards show (figures, or failed and ignored counts).
+STORED = {Outcome.PROCESSED, Outcome.IGNORED, Outcome.FAILED}
+
+
 class _Unavailable(Exception):
     pass
 
 
 # Conflicts between concurrent batches: the batch is simply run again.
 RETRYABLE = (pg_errors.DeadlockDetected, pg_errors.SerializationFailure)
+
+
+def _count_retry(state: RetryCallState) -> None:
+    failure = state.outcome.exception() if state.outcome else None
+    if isinstance(failure, pg_errors.DeadlockDetected):
+        count_db_retry("deadlock")
+    elif isinstance(failure, pg_errors.SerializationFailure):
+        count_db_retry("serialization")
+    else:
+        count_db_retry("connection")
+
+
+def _is_transient(exc: BaseException) -> bool:
+    """Worth another try within the writer's bound: a conflict between batches, or a lost or
+    refused connection (a restarting database). A batch whose connection broke after its
+    commit is safe to write again: its events come back as duplicates."""
+    return isinstance(exc, RETRYABLE) or _is_unreachable(exc)
 
 
 def _is_unreachable(exc: BaseException) -> bool:
@@ -113,6 +137,16 @@ class EventWriter:
                 if not future.done():
                     future.set_result(outcome)
                 self._queue.task_done()
+            if not STORED.isdisjoint(outcomes):
+                await self._announce()
+
+    async def _announce(self) -> None:
+        """Tell open dashboards (app/changes.py), after commit and after answering Stripe."""
+        try:
+            async with self._pool.connection() as conn:
+                await conn.execute(ANNOUNCE_SQL)
+        except Exception as exc:  # figures are safe in the database; only the redraw waits
+            log.warning("could not announce new events to dashboards: %s", exc)
 
     async def _write_batch(self, events: Sequence[StoredEvent]) -> list[Outcome]:
         unique: dict[str, StoredEvent] = {}
@@ -141,9 +175,10 @@ class EventWriter:
     async def _transaction(self, events: list[StoredEvent]) -> set[str]:
         try:
             async for attempt in AsyncRetrying(
-                retry=retry_if_exception_type(RETRYABLE),
+                retry=retry_if_exception(_is_transient),
                 stop=stop_after_delay(self._timeout * 2),
                 wait=wait_exponential_jitter(multiplier=0.005, max=0.2),
+                before_sleep=_count_retry,
                 reraise=True,
             ):
                 with attempt:

@@ -8,6 +8,7 @@ process (kept raw with its error), and 503 when the database cannot be reached.
 from __future__ import annotations
 
 import re
+import time
 from typing import Any
 
 import orjson
@@ -16,6 +17,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.ledger.facts import EventShapeError, facts_from_event, is_handled
 from app.ledger.store import StoredEvent
+from app.observability.prometheus import (
+    WEBHOOK_DURATION,
+    count_webhook_outcome,
+    count_webhook_received,
+    count_webhook_rejected,
+)
 from app.settings import Settings
 from ingest.event_writer import EventWriter, Outcome
 
@@ -111,25 +118,32 @@ async def receive_event(
     """Everything the endpoint does, given the request body and its Stripe-Signature header."""
     secrets = settings.webhook_secrets
     if not secrets:
+        count_webhook_rejected("not_configured")
         return 503, {"error": "webhook secret not configured (set STRIPE_WEBHOOK_SECRET)"}
     if len(body) > MAX_BODY_BYTES:
+        count_webhook_rejected("too_large")
         return 413, {"error": f"body exceeds {MAX_BODY_BYTES} bytes"}
     try:
         payload = body.decode("utf-8")
     except UnicodeDecodeError:
+        count_webhook_rejected("bad_body")
         return 400, {"error": "body is not UTF-8"}
     problem = _verify(payload, signature, secrets, settings.webhook_tolerance_seconds)
     if problem:
+        count_webhook_rejected("bad_signature")
         return 400, {"error": problem}
     try:
         event = parse_event(payload)
     except ValueError as exc:
+        count_webhook_rejected("bad_body")
         return 400, {"error": str(exc)}
+    count_webhook_received(event["type"])
     try:
         outcome = await writer.submit(stored_event(event, payload, settings))
     except EventShapeError as exc:
         unusable = stored_event(event, payload, settings, facts=False)
         outcome = await writer.record_failed(unusable, str(exc))
+    count_webhook_outcome(event["type"], outcome.value)
     status = _STATUS_FOR[outcome]
     if outcome is Outcome.UNAVAILABLE:
         return status, {"error": "database unavailable, retry later", "id": event["id"]}
@@ -158,6 +172,13 @@ class StripeWebhookEndpoint:
         if scope["type"] != "http" or scope["path"] != PATH:
             await self.app(scope, receive, send)
             return
+        started = time.perf_counter()
+        try:
+            await self._answer(scope, receive, send)
+        finally:
+            WEBHOOK_DURATION.observe(time.perf_counter() - started)
+
+    async def _answer(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["method"] != "POST":
             await _send(send, 405, {"error": "method not allowed: POST only"}, allow=True)
             return
@@ -169,10 +190,12 @@ class StripeWebhookEndpoint:
             elif name == b"content-length" and value.isdigit():
                 declared = int(value)
         if declared > MAX_BODY_BYTES:
+            count_webhook_rejected("too_large")
             await _send(send, 413, {"error": f"body exceeds {MAX_BODY_BYTES} bytes"})
             return
         body = await _read_body(receive)
         if body is None:
+            count_webhook_rejected("too_large")
             await _send(send, 413, {"error": f"body exceeds {MAX_BODY_BYTES} bytes"})
             return
         status, answer = await receive_event(body, signature, self.settings, self.writer)

@@ -29,10 +29,12 @@ import uvicorn
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from fastapi import FastAPI
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Connection, Engine, create_engine, text
 from typer.testing import CliRunner, Result
 
 from app import schema
+from app.auth.principal import Role
+from app.auth.tokens import hash_token
 from app.cli import cli
 from app.database import embedded_database_url, sqlalchemy_url
 from app.main import create_app
@@ -45,6 +47,37 @@ ROTATED_SECRET = "whsec_test_rotated"
 WEBHOOK_SECRETS = f"{PRIMARY_SECRET},{ROTATED_SECRET}"
 
 APP_TABLES = [table.name for table in metadata.sorted_tables]
+
+# Access control: one API token per role, stored (as hashes) in the test database after every
+# TRUNCATE, so a test can call the API as any role. Clients of the live app send AUTH (admin)
+# unless a test says otherwise; tests/app/auth/ checks who may do what.
+TEST_TOKENS = {role: f"roi_test-{role.value}-token-{'0' * 24}" for role in Role}
+TEST_TOKEN_IDS = {role: i for i, role in enumerate(Role, start=1)}
+
+
+def auth_header(role: Role = Role.ADMIN) -> dict[str, str]:
+    return {"Authorization": f"Bearer {TEST_TOKENS[role]}"}
+
+
+AUTH = auth_header(Role.ADMIN)
+
+
+def add_test_tokens(conn: Connection) -> None:
+    """TEST_TOKENS, named test-<role>, with the same ids (TEST_TOKEN_IDS) every time, so a
+    session cookie signed in by one stays valid across tests."""
+    for role, token in TEST_TOKENS.items():
+        conn.execute(
+            text(
+                "INSERT INTO api_tokens (id, name, role, token_hash, prefix, created_by)"
+                " VALUES (:id, :name, :role, :hash, :prefix, 'tests/conftest.py')"
+            ),
+            {"id": TEST_TOKEN_IDS[role], "name": f"test-{role.value}", "role": role.value,
+             "hash": hash_token(token), "prefix": token[:12]},
+        )  # fmt: skip
+    conn.execute(
+        text("SELECT setval(pg_get_serial_sequence('api_tokens', 'id'), :n)"),
+        {"n": len(TEST_TOKENS)},
+    )
 
 
 def _migrations() -> ScriptDirectory:
@@ -101,17 +134,22 @@ def drop_database(admin_url: str, name: str) -> None:
         admin.dispose()
 
 
-def stop_embedded_postgres(data_dir: Path) -> None:
-    """Stop the pgserver PostgreSQL whose data is under `data_dir` (pg_ctl from the wheel)."""
+def embedded_pg_ctl(data_dir: Path, action: str) -> None:
+    """`pg_ctl -w -m fast <action>` (stop, restart) for the pgserver PostgreSQL whose data is
+    under `data_dir`, with pg_ctl from the wheel."""
     from pgserver._commands import pg_ctl
 
     pgdata = data_dir / "pgdata"
-    if not (pgdata / "postmaster.pid").exists():
-        return
     owner = pwd.getpwuid(pgdata.stat().st_uid).pw_name
     # As root, pgserver runs postgres as a system user of its own; pg_ctl must run as that user.
     user = owner if owner != pwd.getpwuid(os.geteuid()).pw_name else None
-    pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user)
+    pg_ctl(["-w", "-m", "fast", action], pgdata=pgdata, user=user)
+
+
+def stop_embedded_postgres(data_dir: Path) -> None:
+    """Stop the pgserver PostgreSQL whose data is under `data_dir`, if it runs."""
+    if (data_dir / "pgdata" / "postmaster.pid").exists():
+        embedded_pg_ctl(data_dir, "stop")
 
 
 @pytest.fixture(scope="session")
@@ -139,8 +177,10 @@ class TestDatabase:
         self.engine = engine_for(url)
 
     def truncate(self) -> None:
+        # One transaction: a signed-in browser of the live app never sees its token missing.
         with self.engine.begin() as conn:
             conn.execute(text(f"TRUNCATE {', '.join(APP_TABLES)} RESTART IDENTITY"))
+            add_test_tokens(conn)
 
     def execute(self, sql: str, **params: Any) -> None:
         with self.engine.begin() as conn:
@@ -209,6 +249,8 @@ def database(postgres_server: str) -> Iterator[TestDatabase]:
     db = TestDatabase(url)
     try:
         schema.upgrade(db.engine)
+        with db.engine.begin() as conn:  # before any app starts: no first-admin token in tests
+            add_test_tokens(conn)
         yield db
     finally:
         db.engine.dispose()
@@ -289,7 +331,7 @@ class WebhookClient:
 
     def __init__(self, base_url: str) -> None:
         self.base_url = base_url
-        self.http = httpx.Client(base_url=base_url, timeout=30)
+        self.http = httpx.Client(base_url=base_url, timeout=30, headers=AUTH)
 
     def post(
         self, event: dict[str, Any], *, secret: str = PRIMARY_SECRET, timestamp: int | None = None

@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import LiveServer, TestDatabase
+from tests.conftest import AUTH, LiveServer, TestDatabase
 
 _counter = iter(range(1, 10**9))
 
@@ -71,5 +71,5 @@ def xmins(db: TestDatabase) -> dict[str, str]:
 
 def client(server: LiveServer) -> Iterator[httpx.Client]:
     """For a test module's `api` fixture: an HTTP client of the live app."""
-    with httpx.Client(base_url=server.url, timeout=60) as http:
+    with httpx.Client(base_url=server.url, timeout=60, headers=AUTH) as http:
         yield http

@@ -8,6 +8,8 @@ from typing import Annotated
 from fastapi import APIRouter, Body, HTTPException, Query, Request
 from pydantic import BaseModel, Field
 
+from app.audit import record_audit
+from app.auth import current_principal
 from app.fields import format_decimal
 from app.fx import FxRateIn, list_rates, upsert_rates, validate_rates
 
@@ -82,6 +84,17 @@ def post_rates(
             status_code=422,
             detail=[{"loc": ["body", e.index, e.field], "msg": e.reason} for e in errors],
         )
+    principal = current_principal(request)
     with request.app.state.engine.begin() as conn:
         counts = upsert_rates(conn, rows)
+        if counts.inserted or counts.updated:
+            record_audit(conn, principal, "fx_rates.upsert", "fx_rates", {
+                "inserted": counts.inserted,
+                "updated": counts.updated,
+                "unchanged": counts.unchanged,
+                "rates": [
+                    [r.day.isoformat(), r.currency, r.quote_currency, format_decimal(r.rate)]
+                    for r in rows
+                ],
+            })  # fmt: skip
     return FxImportOut(inserted=counts.inserted, updated=counts.updated, unchanged=counts.unchanged)

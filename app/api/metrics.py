@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
+from sqlalchemy import Connection
 
 from app.metrics.figures import BaseFigures, Figures, present_money, present_ratio
 from app.metrics.filters import GRANULARITIES, MetricsFilter, build_filter
@@ -59,6 +60,11 @@ class Trust(BaseModel):
     )
     unpriced_tasks: int
     failed_events: int = Field(description="Stripe events stored as failed (all time)")
+    fees_unknown: int | None = Field(
+        description="Charges in the period whose Stripe fee is not known yet (fetched from the "
+        "Stripe API when STRIPE_API_KEY is set); fees and cost leave theirs out. null without "
+        "STRIPE_API_KEY: no fee is known then, and counting them would cost a scan of the period"
+    )
     as_of: datetime | None = Field(description="Newest event or task included")
 
 
@@ -168,11 +174,11 @@ def metrics_filter(
 Filter = Annotated[MetricsFilter, Depends(metrics_filter)]
 
 
-@router.get("/streams", response_model=StreamsResponse, summary="Figures per stream")
-def streams(request: Request, f: Filter) -> StreamsResponse:
-    currency = request.app.state.settings.reporting_currency
-    with request.app.state.engine.connect() as conn:
-        summary = stream_summary(conn, f, currency)
+def streams_report(
+    conn: Connection, f: MetricsFilter, currency: str, *, count_unknown_fees: bool = True
+) -> StreamsResponse:
+    """The per-stream summary as the API presents it; the dashboard shows this very object."""
+    summary = stream_summary(conn, f, currency, count_unknown_fees=count_unknown_fees)
     trust = summary.trust
     return StreamsResponse(
         period=_period(f),
@@ -196,19 +202,24 @@ def streams(request: Request, f: Filter) -> StreamsResponse:
             },
             unpriced_tasks=trust.unpriced_tasks,
             failed_events=trust.failed_events,
+            fees_unknown=trust.fees_unknown,
             as_of=trust.as_of,
         ),
         source=summary.source,
     )
 
 
-@router.get(
-    "/timeseries", response_model=TimeseriesResponse, summary="Figures per stream and bucket"
-)
-def timeseries(request: Request, f: Filter) -> TimeseriesResponse:
-    currency = request.app.state.settings.reporting_currency
+@router.get("/streams", response_model=StreamsResponse, summary="Figures per stream")
+def streams(request: Request, f: Filter) -> StreamsResponse:
+    settings = request.app.state.settings
     with request.app.state.engine.connect() as conn:
-        points = stream_timeseries(conn, f, currency)
+        return streams_report(
+            conn, f, settings.reporting_currency, count_unknown_fees=bool(settings.stripe_api_key)
+        )
+
+
+def timeseries_report(conn: Connection, f: MetricsFilter, currency: str) -> TimeseriesResponse:
+    """Figures per stream and bucket as the API presents them."""
     return TimeseriesResponse(
         period=_period(f),
         granularity=f.granularity,
@@ -219,9 +230,17 @@ def timeseries(request: Request, f: Filter) -> TimeseriesResponse:
                 stream=p.stream,
                 **figure_set(p.figures, p.base, currency),
             )
-            for p in points
+            for p in stream_timeseries(conn, f, currency)
         ],
     )
+
+
+@router.get(
+    "/timeseries", response_model=TimeseriesResponse, summary="Figures per stream and bucket"
+)
+def timeseries(request: Request, f: Filter) -> TimeseriesResponse:
+    with request.app.state.engine.connect() as conn:
+        return timeseries_report(conn, f, request.app.state.settings.reporting_currency)
 
 
 def _breakdown(row: BreakdownRow, currency: str) -> Breakdown:
@@ -247,14 +266,18 @@ def _breakdown(row: BreakdownRow, currency: str) -> Breakdown:
     )
 
 
-@router.get("/models", response_model=ModelsResponse, summary="Figures per AI model and task type")
-def models(request: Request, f: Filter) -> ModelsResponse:
-    currency = request.app.state.settings.reporting_currency
-    with request.app.state.engine.connect() as conn:
-        breakdown = model_breakdown(conn, f, currency)
+def models_report(conn: Connection, f: MetricsFilter, currency: str) -> ModelsResponse:
+    """Figures per AI model and task type as the API presents them."""
+    breakdown = model_breakdown(conn, f, currency)
     return ModelsResponse(
         period=_period(f),
         currency=currency,
         ai_models=[_breakdown(r, currency) for r in breakdown["ai_model"]],
         task_types=[_breakdown(r, currency) for r in breakdown["task_type"]],
     )
+
+
+@router.get("/models", response_model=ModelsResponse, summary="Figures per AI model and task type")
+def models(request: Request, f: Filter) -> ModelsResponse:
+    with request.app.state.engine.connect() as conn:
+        return models_report(conn, f, request.app.state.settings.reporting_currency)

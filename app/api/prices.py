@@ -10,6 +10,8 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request
 from pydantic import BaseModel, Field
 from sqlalchemy import Connection
 
+from app.audit import record_audit
+from app.auth import current_principal
 from app.fields import format_decimal
 from app.periods import instant, zone
 from app.pricing import (
@@ -91,10 +93,22 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _apply(request: Request, change: Callable[[Connection], PriceResult]) -> PriceResultOut:
+def _apply(
+    request: Request,
+    change: Callable[[Connection], PriceResult],
+    action: str,
+    sent: dict[str, Any],
+) -> PriceResultOut:
+    principal = current_principal(request)
     try:
         with request.app.state.engine.begin() as conn:
             result = change(conn)
+            if result.changes:  # sending a price's own terms again changes nothing
+                record_audit(conn, principal, action, f"price:{result.price.id}", {
+                    "sent": sent,
+                    "ai_model": result.price.ai_model,
+                    "price_changes": [c.id for c in result.changes],
+                })  # fmt: skip
     except PriceRuleError as exc:
         where = "path" if exc.status == 404 else "body"
         raise HTTPException(
@@ -137,7 +151,12 @@ def get_prices(
     responses=_ERRORS,
 )
 def post_price(request: Request, body: PriceIn) -> PriceResultOut:
-    return _apply(request, lambda conn: set_price(conn, body, actor="api"))
+    return _apply(
+        request,
+        lambda conn: set_price(conn, body, actor="api"),
+        "price.set",
+        body.model_dump(mode="json"),
+    )
 
 
 @router.get(
@@ -170,7 +189,12 @@ def get_changes(
 def put_price(
     request: Request, price_id: Annotated[int, Path()], body: PriceTerms
 ) -> PriceResultOut:
-    return _apply(request, lambda conn: update_price(conn, price_id, body, actor="api"))
+    return _apply(
+        request,
+        lambda conn: update_price(conn, price_id, body, actor="api"),
+        "price.update",
+        body.model_dump(mode="json"),
+    )
 
 
 @router.post(
@@ -184,4 +208,9 @@ def put_price(
 def post_price_end(
     request: Request, price_id: Annotated[int, Path()], body: PriceEnd
 ) -> PriceResultOut:
-    return _apply(request, lambda conn: end_price(conn, price_id, body.valid_to, actor="api"))
+    return _apply(
+        request,
+        lambda conn: end_price(conn, price_id, body.valid_to, actor="api"),
+        "price.end",
+        body.model_dump(mode="json"),
+    )

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from app.fields import RowError
+from app.observability.prometheus import count_tasks
 from app.periods import instant, zone
 from app.pricing import unpriced_tasks
 from ingest.tasks import MAX_BATCH, TaskIn, upsert_tasks, validate_batch
@@ -139,9 +140,16 @@ def post_tasks(
         )
     tasks, errors = validate_batch(enumerate(raws))
     if errors:
+        count_tasks(rejected=len(raws))
         return _rejected(errors, len(raws))
     with request.app.state.engine.begin() as conn:
         result = upsert_tasks(conn, tasks)
+    count_tasks(
+        inserted=result.inserted,
+        updated=result.updated,
+        unchanged=result.unchanged,
+        superseded=result.superseded,
+    )
     return TaskBatchResult(
         received=result.received,
         inserted=result.inserted,

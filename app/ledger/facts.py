@@ -320,6 +320,19 @@ def _dispute(
     facts.charges.append(ChargeFact(id=charge_id))
 
 
+def fetched_balance_transaction(
+    txn: Mapping[str, Any], *, charge_id: str, source_id: str
+) -> EventFacts:
+    """What a balance transaction fetched from the Stripe API says, as the facts an event
+    embedding it would give: the fee and settlement amount of `source_id` (a charge or refund
+    of `charge_id`). Raises EventShapeError on a payload it cannot use."""
+    if txn.get("object") != "balance_transaction":
+        raise EventShapeError("balance_transaction.object: expected 'balance_transaction'")
+    facts = EventFacts(balance_transactions=[_balance_transaction(txn, charge_id, source_id)])
+    facts.charges.append(ChargeFact(id=charge_id))
+    return facts
+
+
 def _balance_transaction(
     txn: Mapping[str, Any], charge_id: str, source_id: str
 ) -> BalanceTransactionFact:

@@ -69,7 +69,9 @@ SELECT * FROM roi_ingest_events(
 """
 
 
-async def write_events(conn: AsyncConnection[Any], events: Sequence[StoredEvent]) -> set[str]:
+async def write_events(
+    conn: AsyncConnection[Any], events: Sequence[StoredEvent], *, fetched: EventFacts | None = None
+) -> set[str]:
     """Store the events and book their facts; return the ids that were new (or failed before).
 
     One statement, so one round trip: the database function `roi_ingest_events` (migration
@@ -77,15 +79,18 @@ async def write_events(conn: AsyncConnection[Any], events: Sequence[StoredEvent]
     entries of every charge they touch. Atomic on its own; the events must have distinct ids.
     The payloads go in binary (%(payload)b): escaping JSON into a text-array literal costs more
     CPU than everything else the webhook does.
+
+    `fetched` are facts no event announced (a balance transaction fetched from the Stripe
+    API): merged and booked by the same rules, with or without events.
     """
     merged = EventFacts()
-    for event in events:
-        if event.facts is not None:
-            merged.charges += event.facts.charges
-            merged.refunds += event.facts.refunds
-            merged.disputes += event.facts.disputes
-            merged.balance_transactions += event.facts.balance_transactions
-            merged.hints += event.facts.hints
+    for facts in [fetched, *(event.facts for event in events)]:
+        if facts is not None:
+            merged.charges += facts.charges
+            merged.refunds += facts.refunds
+            merged.disputes += facts.disputes
+            merged.balance_transactions += facts.balance_transactions
+            merged.hints += facts.hints
     cursor = await conn.execute(
         INGEST_EVENTS_SQL,
         {

@@ -6,12 +6,14 @@ fractions); they are rounded once, when presented (`present_money`).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal
 
 from app.money import exponent
 
 ZERO = Decimal(0)
+RATIO_QUANTUM = Decimal("0.0001")
 
 
 @dataclass
@@ -81,13 +83,20 @@ def derive(base: BaseFigures) -> Figures:
 
 def present_money(amount_minor: Decimal, currency: str) -> str:
     """Minor units -> a decimal string in major units, rounded half-even to the minor unit."""
-    places = exponent(currency)
-    major = (amount_minor.scaleb(-places)).quantize(Decimal(1).scaleb(-places), ROUND_HALF_EVEN)
+    places, quantum = _minor_unit(currency)
+    major = amount_minor.scaleb(-places).quantize(quantum, ROUND_HALF_EVEN)
     return f"{major:.{places}f}"
+
+
+@functools.cache
+def _minor_unit(currency: str) -> tuple[int, Decimal]:
+    """Decimals of the currency and the quantum they round to (called per figure: cached)."""
+    places = exponent(currency)
+    return places, Decimal(1).scaleb(-places)
 
 
 def present_ratio(value: Decimal | None) -> str | None:
     """A ratio as a decimal string with 4 decimals (0.1234 = 12.34 %), or None."""
     if value is None:
         return None
-    return f"{value.quantize(Decimal('0.0001'), ROUND_HALF_EVEN):.4f}"
+    return f"{value.quantize(RATIO_QUANTUM, ROUND_HALF_EVEN):.4f}"

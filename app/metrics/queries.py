@@ -24,14 +24,13 @@ from sqlalchemy import (
     cast,
     func,
     literal,
-    literal_column,
     null,
-    or_,
     select,
 )
 from sqlalchemy.sql import Join, Subquery
 from sqlalchemy.types import Date
 
+from app.metrics.conversion import Amount, with_fx_rate
 from app.metrics.figures import BaseFigures, Figures, derive
 from app.metrics.filters import (
     MetricsFilter,
@@ -40,8 +39,7 @@ from app.metrics.filters import (
     whole_hour_offsets,
 )
 from app.metrics.sources import LEDGER_MONEY, ledger_source, task_source
-from app.models import execution_tasks, fx_rates, stripe_events
-from app.money import THREE_DECIMAL, ZERO_DECIMAL, exponent
+from app.models import execution_tasks, ledger_entries, stripe_events
 
 UNATTRIBUTED = "unattributed"
 
@@ -55,6 +53,9 @@ class Trust:
     unconverted_cost: dict[str, Decimal] = field(default_factory=dict)
     unpriced_tasks: int = 0
     failed_events: int = 0
+    # Charges booked in the period (and streams) whose balance transaction, so fee and
+    # settlement amount, is not known yet: fees and cost are understated by theirs.
+    fees_unknown: int | None = 0  # None: not counted (no Stripe API key: no fee is known)
     as_of: datetime | None = None
 
 
@@ -84,26 +85,6 @@ class SeriesPoint:
     stream: str
     base: BaseFigures
     figures: Figures
-
-
-def _codes(codes: frozenset[str]) -> list[ColumnElement[str]]:
-    # Inline constants: the same SQL text on every call, so PostgreSQL can reuse its plans.
-    return [literal_column(f"'{code}'") for code in sorted(codes)]
-
-
-def _to_reporting_scale(currency: ColumnElement[str], reporting: str) -> ColumnElement[Decimal]:
-    """Factor from `currency` minor units (after the FX rate) to reporting minor units: an
-    exact numeric power of ten (0.1, 1, 100...), so the product stays exact."""
-    target = exponent(reporting)
-
-    def factor(e: int) -> ColumnElement[Decimal]:
-        return literal_column(f"{Decimal(10) ** (target - e):f}::numeric")
-
-    return case(
-        (currency.in_(_codes(ZERO_DECIMAL)), factor(0)),
-        (currency.in_(_codes(THREE_DECIMAL)), factor(3)),
-        else_=factor(2),
-    )
 
 
 def _dated(
@@ -137,16 +118,7 @@ def _dated(
 def _with_fx(src: Subquery, reporting: str) -> tuple[Join, ColumnElement[Decimal]]:
     """The sums joined with the FX rate of their UTC day into the reporting currency (NULL
     when there is none)."""
-    fx = fx_rates.alias("fx")
-    joined = src.outerjoin(
-        fx,
-        and_(
-            fx.c.day == src.c.day,
-            fx.c.currency == src.c.currency,
-            fx.c.quote_currency == reporting,
-        ),
-    )
-    return joined, fx.c.rate
+    return with_fx_rate(src, src.c.day, src.c.currency, reporting)
 
 
 def _bucket(f: MetricsFilter, ts: ColumnElement[datetime]) -> ColumnElement[datetime]:
@@ -157,24 +129,34 @@ def _bucket(f: MetricsFilter, ts: ColumnElement[datetime]) -> ColumnElement[date
     return func.date_trunc(f.granularity, ts, zone)
 
 
+def _amount(
+    src: Subquery, rate: ColumnElement[Decimal], amount: str, settled: str | None
+) -> Amount:
+    """One amount column of `src` with what converting it takes (app/metrics/conversion.py)."""
+    return Amount(
+        amount=src.c[amount],
+        currency=src.c.currency,
+        rate=rate,
+        settled=None if settled is None else src.c[settled],
+        settlement_currency=None if settled is None else src.c.settlement_currency,
+    )
+
+
 def _converted(
     src: Subquery, rate: ColumnElement[Decimal], reporting: str, amount: str, settled: str | None
 ) -> ColumnElement[Decimal]:
     """One amount column in reporting minor units, by the rules of accounting.md."""
-    whens = []
-    if settled is not None:
-        whens.append((src.c.settlement_currency == reporting, src.c[settled]))
-    whens.append((src.c.currency.in_((reporting, "")), src.c[amount]))
-    return case(*whens, else_=src.c[amount] * rate * _to_reporting_scale(src.c.currency, reporting))
+    return _amount(src, rate, amount, settled).converted(reporting)
 
 
 def _is_converted(
     src: Subquery, rate: ColumnElement[Decimal], reporting: str, settled: bool
 ) -> ColumnElement[bool]:
-    conditions: list[ColumnElement[bool]] = [src.c.currency.in_((reporting, "")), rate.is_not(None)]
-    if settled:
-        conditions.append(src.c.settlement_currency == reporting)
-    return or_(*conditions)
+    # Which amount column is irrelevant: only the currencies and the rate decide.
+    money = LEDGER_MONEY[0] if settled else "cost"
+    return _amount(src, rate, money, "settled_" + money if settled else None).is_converted(
+        reporting
+    )
 
 
 def _ledger_sums(
@@ -214,7 +196,7 @@ def _ledger_sums(
         ],
     ).group_by(p.bucket, p.stream, p.converted, p.group_currency)
     sums: dict[tuple[datetime | None, str], BaseFigures] = defaultdict(BaseFigures)
-    for row in conn.execute(query):
+    for row in conn.execute(query).all():  # one fetch: row by row cost ~35 us a row
         base = sums[(row.bucket, row.stream)]
         if row.converted:
             base.gross += row.gross
@@ -282,7 +264,7 @@ def _task_sums(
         func.sum(p.orig_cost).label("orig_cost"),
     ).group_by(p.bucket, p.stream, p.group_currency)
     sums: dict[tuple[datetime | None, str], BaseFigures] = defaultdict(BaseFigures)
-    for row in conn.execute(query):
+    for row in conn.execute(query).all():  # one fetch: row by row cost ~35 us a row
         base = sums[(row.bucket, row.stream)]
         base.tasks += int(row.tasks)
         base.unpriced_tasks += int(row.unpriced)
@@ -312,10 +294,20 @@ def _use_raw(f: MetricsFilter, raw: bool | None) -> bool:
 
 
 def stream_summary(
-    conn: Connection, f: MetricsFilter, reporting: str, *, raw: bool | None = None
+    conn: Connection,
+    f: MetricsFilter,
+    reporting: str,
+    *,
+    raw: bool | None = None,
+    count_unknown_fees: bool = True,
 ) -> Summary:
     """Per stream over the whole period, the total, the previous period's total, and trust
-    counts. `raw` forces the source (None: rollups wherever they are exact)."""
+    counts. `raw` forces the source (None: rollups wherever they are exact).
+
+    `count_unknown_fees`: count the period's charges whose fee is not known yet. That count
+    reads one index entry per such charge, so it is only cheap while fees are being fetched
+    (STRIPE_API_KEY set: few are pending); without a key every charge is pending and the
+    count would cost in proportion to the rows, so callers leave it out (None)."""
     use_raw = _use_raw(f, raw)
     per_stream = _merged(conn, f, reporting, use_raw, by_bucket=False)
     rows = [
@@ -329,7 +321,7 @@ def stream_summary(
     previous_base = BaseFigures()
     for base in _merged(conn, previous, reporting, _use_raw(previous, raw), False).values():
         previous_base.add(base)
-    trust = _trust(conn, rows, total_base)
+    trust = _trust(conn, f, rows, total_base, count_unknown_fees)
     return Summary(
         filter=f,
         currency=reporting,
@@ -357,11 +349,29 @@ def stream_timeseries(
     return points
 
 
-def _trust(conn: Connection, rows: list[StreamRow], total: BaseFigures) -> Trust:
-    ev, tasks = stripe_events.c, execution_tasks.c
-    failed, newest_event, newest_task = conn.execute(
+def _trust(
+    conn: Connection,
+    f: MetricsFilter,
+    rows: list[StreamRow],
+    total: BaseFigures,
+    count_unknown_fees: bool,
+) -> Trust:
+    ev, tasks, le = stripe_events.c, execution_tasks.c, ledger_entries.c
+    # Matches the partial index ix_ledger_entries_settlement_unknown (migration 0010).
+    fee_unknown = [
+        le.settlement_amount.is_(None),
+        le.kind == "charge",
+        le.booked_at >= f.start,
+        le.booked_at < f.end,
+    ]
+    if f.streams:
+        fee_unknown.append(le.stream.in_(f.streams))
+    failed, fees_unknown, newest_event, newest_task = conn.execute(
         select(
             select(func.count()).where(ev.status == "failed").scalar_subquery(),
+            select(func.count()).select_from(ledger_entries).where(*fee_unknown).scalar_subquery()
+            if count_unknown_fees
+            else null(),
             select(func.max(ev.received_at)).scalar_subquery(),
             select(func.max(tasks.updated_at)).scalar_subquery(),
         )
@@ -374,6 +384,7 @@ def _trust(conn: Connection, rows: list[StreamRow], total: BaseFigures) -> Trust
         unconverted_cost=dict(total.unconverted_cost),
         unpriced_tasks=total.unpriced_tasks,
         failed_events=int(failed),
+        fees_unknown=None if fees_unknown is None else int(fees_unknown),
         as_of=max(newest) if newest else None,
     )
 

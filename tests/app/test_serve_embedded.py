@@ -4,6 +4,7 @@ under ROI_DATA_DIR, migrates it, takes a signed event and reports it."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -87,6 +88,11 @@ def test_roi_serve_on_the_embedded_database(data_dir: Path) -> None:
         assert response.status_code == 200, response.text
         assert response.json()["status"] == "processed"
 
+        # The first start printed an admin token, once: the way in to everything else.
+        assert client.totals(start="2024-03-10", end="2024-03-11").status_code == 401
+        printed = re.findall(r"roi_[A-Za-z0-9_-]{43}", log.read_text())
+        assert len(printed) == 1, log.read_text()
+        client.http.headers["Authorization"] = f"Bearer {printed[0]}"
         totals = client.totals(start="2024-03-10", end="2024-03-11")
         assert totals.status_code == 200
         assert totals.json()["totals"] == [

@@ -17,6 +17,7 @@ from app.main import create_app
 from ingest.stripe_webhook import MAX_BODY_BYTES
 from tests import stripe_events as se
 from tests.conftest import (
+    AUTH,
     PRIMARY_SECRET,
     ROTATED_SECRET,
     LiveServer,
@@ -439,6 +440,7 @@ def test_api_with_database_unreachable_is_503(unreachable_db_server: LiveServer)
     response = httpx.get(
         f"{unreachable_db_server.url}/api/ledger/totals",
         params={"start": "2024-03-01", "end": "2024-04-01"},
+        headers=AUTH,  # checking the token already needs the database
         timeout=30,
     )
     assert response.status_code == 503
