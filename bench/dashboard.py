@@ -53,6 +53,7 @@ from bench.metrics import (  # noqa: E402  (after the path set-up)
     say,
     scratch_database,
     seed,
+    viewer_token,
     wait_for_quiet,
 )
 from tests import stripe_events as se  # noqa: E402  (Stripe-shaped, signed events)
@@ -114,24 +115,6 @@ def browser() -> Any:
     chrome = webdriver.Chrome(options=options, service=Service(driver))
     chrome.set_script_timeout(90)
     return chrome
-
-
-def viewer_token(url: str) -> str:
-    """The dashboard needs a session: a viewer token for this run, made before the app starts
-    (so it prints no first-admin token into its log)."""
-    from sqlalchemy import create_engine
-
-    from app.auth.principal import Role
-    from app.auth.tokens import create_token
-
-    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
-    try:
-        with engine.begin() as conn:
-            _, token = create_token(conn, name=f"bench-{time.time_ns()}", role=Role.VIEWER,
-                                    created_by="bench/dashboard.py")  # fmt: skip
-    finally:
-        engine.dispose()
-    return token
 
 
 def sign_in(chrome: Any, base: str, token: str) -> None:

@@ -480,8 +480,32 @@ class Timing:
         return self.pct(0.95)
 
 
+def viewer_token(url: str) -> str:
+    """A viewer token for this run (the metrics API and the dashboard need one), made before
+    the app starts, so it prints no first-admin token into its log."""
+    from sqlalchemy import create_engine
+
+    from app.auth.principal import Role
+    from app.auth.tokens import create_token
+
+    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    try:
+        with engine.begin() as conn:
+            _, token = create_token(conn, name=f"bench-{time.time_ns()}", role=Role.VIEWER,
+                                    created_by="bench")  # fmt: skip
+    finally:
+        engine.dispose()
+    return token
+
+
 def time_http(
-    port: int, path: str, params: dict[str, str], warmup: int, requests: int, label: str
+    port: int,
+    path: str,
+    params: dict[str, str],
+    warmup: int,
+    requests: int,
+    label: str,
+    token: str,
 ) -> tuple[Timing, dict[str, Any]]:
     """`warmup` then `requests` sequential GETs over one keep-alive connection; wall time from
     sending the request to having read the whole body."""
@@ -492,7 +516,7 @@ def time_http(
     try:
         for n in range(warmup + requests):
             t = time.perf_counter()
-            conn.request("GET", target)
+            conn.request("GET", target, headers={"Authorization": f"Bearer {token}"})
             answer = conn.getresponse()
             body = answer.read()
             elapsed = (time.perf_counter() - t) * 1000
@@ -805,6 +829,7 @@ def main(argv: list[str] | None = None) -> int:
         equal: dict[str, list[str]] = {}
         explains: dict[str, list[tuple[str, float, float, str]]] = {}
         migrate(url, OUT / "migrate.log")  # again: the code may have moved on since seeding
+        token = viewer_token(url)
         app = App(url, free_port(), OUT / "app.log")
         machine_before = machine_cpu()
         try:
@@ -816,12 +841,12 @@ def main(argv: list[str] | None = None) -> int:
                 say(f"{zone_name}: [{start}, {end}) over HTTP, {args.warmup} + {args.requests}")
                 t, streams_body = time_http(
                     app.port, "/api/metrics/streams", base, args.warmup, args.requests,
-                    f"API streams {zone_name}",
+                    f"API streams {zone_name}", token,
                 )  # fmt: skip
                 timings.append(t)
                 t, series_body = time_http(
                     app.port, "/api/metrics/timeseries", {**base, "granularity": "day"},
-                    args.warmup, args.requests, f"API timeseries day {zone_name}",
+                    args.warmup, args.requests, f"API timeseries day {zone_name}", token,
                 )  # fmt: skip
                 t.note = f"{len(series_body['points'])} points, {t.bytes / 1e3:.0f} KB"
                 timings.append(t)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import ColumnElement, Numeric, and_, case, cast, func, literal_column, or_
+from sqlalchemy import ColumnElement, Numeric, and_, case, cast, func, literal_column, not_, or_
 from sqlalchemy.sql import FromClause, Join
 
 from app.models import fx_rates
@@ -97,6 +97,10 @@ class Amount:
         *whens, (_, _, by_fx) = rules
         # The last rule's condition is its own NULL test: the product is NULL without a rate.
         return case(*[(when, value) for _, when, value in whens], else_=by_fx)
+
+    def needs_rate(self, reporting: str) -> ColumnElement[bool]:
+        """True where only an FX rate can convert it: no rule before `fx` applies."""
+        return not_(or_(*[when for _, when, _ in self.rules(reporting)[:-1]]))
 
     def is_converted(self, reporting: str) -> ColumnElement[bool]:
         return or_(*[when for _, when, _ in self.rules(reporting)])

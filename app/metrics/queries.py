@@ -24,14 +24,16 @@ from sqlalchemy import (
     cast,
     func,
     literal,
+    literal_column,
     null,
     select,
+    union_all,
 )
 from sqlalchemy.sql import Join, Subquery
-from sqlalchemy.types import Date
+from sqlalchemy.types import Date, Numeric
 
 from app.metrics.conversion import Amount, with_fx_rate
-from app.metrics.figures import BaseFigures, Figures, derive
+from app.metrics.figures import ZERO, BaseFigures, Figures, derive
 from app.metrics.filters import (
     MetricsFilter,
     daily_span,
@@ -88,29 +90,48 @@ class SeriesPoint:
 
 
 def _dated(
-    source: Select[Any], f: MetricsFilter, by_bucket: bool, keys: list[str], sums: list[str]
+    source: Select[Any],
+    f: MetricsFilter,
+    reporting: str,
+    by_bucket: bool,
+    keys: list[str],
+    sums: list[str],
 ) -> Subquery:
-    """Source rows with their bucket and their UTC day (the day whose FX rate applies).
+    """Source rows summed per bucket, keys, and the UTC day whose FX rate converts them.
 
-    Hourly rows are first summed per (bucket, day, keys): an FX rate holds for a whole UTC day
-    and conversion is linear, so converting the sums is exact and converts 24 times fewer
-    rows. Daily rows are already one per (day, keys), so that step would only cost time."""
+    An FX rate holds for a whole UTC day and conversion is linear, so converting sums is exact.
+    Only rows that need a rate keep their day (`fx_day`); the others (in the reporting
+    currency, or settled in it) are summed over the whole bucket first, so a summary converts
+    about one row per stream and currency instead of one per stream, currency and day. Daily
+    buckets read from daily rollups are already one row per day and keys: summing them again
+    would only cost time."""
     src = source.subquery("src")
     bucket = _bucket(f, src.c.ts) if by_bucket else null()
-    day = cast(func.timezone("UTC", src.c.ts), Date)
     columns = [src.c[k] for k in keys]
-    if daily_span(f, by_bucket) is not None:
-        return select(
-            bucket.label("bucket"), day.label("day"), *columns, *[src.c[s] for s in sums]
-        ).subquery("pre")
+    if by_bucket and f.granularity == "day" and daily_span(f, by_bucket) is not None:
+        day = cast(func.timezone("UTC", src.c.ts), Date)
+        sum_columns = [src.c[s] for s in sums]
+        return select(bucket.label("bucket"), day.label("day"), *columns, *sum_columns).subquery(
+            "pre"
+        )
+    money = Amount(
+        amount=src.c[sums[0]],
+        currency=src.c.currency,
+        rate=cast(null(), Numeric),  # not used: only which rule applies matters here
+        settled=src.c[sums[0]] if "settlement_currency" in keys else None,
+        settlement_currency=src.c.settlement_currency if "settlement_currency" in keys else None,
+    )
+    fx_day = case(
+        (money.needs_rate(reporting), cast(func.timezone("UTC", src.c.ts), Date)), else_=null()
+    )
     return (
         select(
             bucket.label("bucket"),
-            day.label("day"),
+            fx_day.label("day"),
             *columns,
             *[func.sum(src.c[s]).label(s) for s in sums],
         )
-        .group_by(*([bucket] if by_bucket else []), day, *columns)
+        .group_by(*([bucket] if by_bucket else []), fx_day, *columns)
         .subquery("pre")
     )
 
@@ -142,151 +163,127 @@ def _amount(
     )
 
 
-def _converted(
+def _converted_or_own(
     src: Subquery, rate: ColumnElement[Decimal], reporting: str, amount: str, settled: str | None
 ) -> ColumnElement[Decimal]:
-    """One amount column in reporting minor units, by the rules of accounting.md."""
-    return _amount(src, rate, amount, settled).converted(reporting)
+    """One amount column in reporting minor units by the rules of accounting.md, or, where no
+    rule converts it, in its own currency (the row's `group_currency` then says which)."""
+    return func.coalesce(_amount(src, rate, amount, settled).converted(reporting), src.c[amount])
 
 
-def _is_converted(
+def _group_currency(
     src: Subquery, rate: ColumnElement[Decimal], reporting: str, settled: bool
-) -> ColumnElement[bool]:
+) -> ColumnElement[str]:
+    """'' for rows converted into the reporting currency, else the currency they stay in."""
     # Which amount column is irrelevant: only the currencies and the rate decide.
     money = LEDGER_MONEY[0] if settled else "cost"
-    return _amount(src, rate, money, "settled_" + money if settled else None).is_converted(
+    converted = _amount(src, rate, money, "settled_" + money if settled else None).is_converted(
         reporting
     )
+    return case((converted, literal_column("''")), else_=src.c.currency)
 
 
-def _ledger_sums(
-    conn: Connection, f: MetricsFilter, reporting: str, raw: bool, by_bucket: bool
-) -> dict[tuple[datetime | None, str], BaseFigures]:
+# The columns every part of `_sums_query` yields: money in reporting minor units (or in
+# `group_currency` where not converted), signed as in the ledger; then task counters.
+SUM_COLUMNS = (*LEDGER_MONEY, "task_cost", "tasks", "unpriced")
+
+
+def _ledger_part(f: MetricsFilter, reporting: str, raw: bool, by_bucket: bool) -> Select[Any]:
     src = _dated(
         ledger_source(f, raw, by_bucket),
         f,
+        reporting,
         by_bucket,
         ["stream", "currency", "settlement_currency"],
         [*LEDGER_MONEY, *("settled_" + m for m in LEDGER_MONEY)],
     )
     joined, rate = _with_fx(src, reporting)
-    converted = _is_converted(src, rate, reporting, settled=True)
-    per_row = (
-        select(
-            src.c.bucket,
-            src.c.stream,
-            converted.label("converted"),
-            case((converted, ""), else_=src.c.currency).label("group_currency"),
-            *[_converted(src, rate, reporting, m, "settled_" + m).label(m) for m in LEDGER_MONEY],
-            *[src.c[m].label("orig_" + m) for m in LEDGER_MONEY],
-        )
-        .select_from(joined)
-        .subquery("per_row")
-    )
-    p = per_row.c
-    query = select(
-        p.bucket,
-        p.stream,
-        p.converted,
-        p.group_currency,
-        *[func.sum(case((p.converted, p[m]), else_=0)).label(m) for m in LEDGER_MONEY],
+    zero: ColumnElement[int] = literal_column("0")
+    return select(
+        src.c.bucket,
+        src.c.stream,
+        _group_currency(src, rate, reporting, settled=True).label("group_currency"),
         *[
-            func.sum(case((p.converted, 0), else_=p["orig_" + m])).label("orig_" + m)
+            _converted_or_own(src, rate, reporting, m, "settled_" + m).label(m)
             for m in LEDGER_MONEY
         ],
-    ).group_by(p.bucket, p.stream, p.converted, p.group_currency)
-    sums: dict[tuple[datetime | None, str], BaseFigures] = defaultdict(BaseFigures)
+        *[zero.label(c) for c in SUM_COLUMNS[len(LEDGER_MONEY) :]],
+    ).select_from(joined)
+
+
+def _task_part(f: MetricsFilter, reporting: str, raw: bool, by_bucket: bool) -> Select[Any]:
+    src = _dated(
+        task_source(f, raw, detailed=False, by_bucket=by_bucket),
+        f,
+        reporting,
+        by_bucket,
+        ["stream", "currency"],
+        ["cost", "tasks", "unpriced"],
+    )
+    joined, rate = _with_fx(src, reporting)
+    zero: ColumnElement[int] = literal_column("0")
+    return select(
+        src.c.bucket,
+        src.c.stream,
+        _group_currency(src, rate, reporting, settled=False).label("group_currency"),
+        *[zero.label(m) for m in LEDGER_MONEY],
+        _converted_or_own(src, rate, reporting, "cost", None).label("task_cost"),
+        src.c.tasks,
+        src.c.unpriced,
+    ).select_from(joined)
+
+
+Sums = dict[tuple[datetime | None, str], BaseFigures]
+
+
+def _sums(
+    conn: Connection,
+    periods: list[MetricsFilter],
+    reporting: str,
+    raw: bool | None,
+    by_bucket: bool,
+) -> list[Sums]:
+    """Base figures per (bucket, stream) of each period, revenue and task costs together, in
+    one statement: the parts of every period are stacked and grouped once, so a request costs
+    one round trip and one plan whatever it asks for. `raw` as in `stream_summary`."""
+    parts = []
+    for index, f in enumerate(periods):
+        use_raw = _use_raw(f, raw)
+        tag: ColumnElement[int] = literal_column(str(index)).label("period")
+        for part in (_ledger_part, _task_part):
+            parts.append(part(f, reporting, use_raw, by_bucket).add_columns(tag))
+    rows = union_all(*parts).subquery("parts")
+    query = select(
+        rows.c.period,
+        rows.c.bucket,
+        rows.c.stream,
+        rows.c.group_currency,
+        *[func.sum(rows.c[c]).label(c) for c in SUM_COLUMNS],
+    ).group_by(rows.c.period, rows.c.bucket, rows.c.stream, rows.c.group_currency)
+    sums: list[Sums] = [{} for _ in periods]
     for row in conn.execute(query).all():  # one fetch: row by row cost ~35 us a row
-        base = sums[(row.bucket, row.stream)]
-        if row.converted:
+        key = (row.bucket, row.stream)
+        base = sums[row.period].get(key)
+        if base is None:
+            base = sums[row.period][key] = BaseFigures()
+        base.tasks += int(row.tasks)
+        base.unpriced_tasks += int(row.unpriced)
+        currency = row.group_currency
+        if not currency:
             base.gross += row.gross
             base.refunds += row.refunds
             base.disputes += row.disputes
             base.fees += row.fees
-        else:
-            net = int(row.orig_gross + row.orig_refunds + row.orig_disputes)
-            currency = row.group_currency
+            base.task_cost += row.task_cost
+            continue
+        net = int(row.gross + row.refunds + row.disputes)
+        if net:
             base.unconverted_revenue[currency] = base.unconverted_revenue.get(currency, 0) + net
-            if row.orig_fees:
-                base.unconverted_cost[currency] = (
-                    base.unconverted_cost.get(currency, Decimal(0)) - row.orig_fees
-                )
+        # Cost is positive: task costs as they are, fees (negative in the ledger) negated.
+        cost = row.task_cost - row.fees
+        if cost:
+            base.unconverted_cost[currency] = base.unconverted_cost.get(currency, ZERO) + cost
     return sums
-
-
-TASK_COUNTERS = ("tasks", "unpriced", "succeeded", "failed", "duration_ms", "durations")
-
-
-def _task_rows(
-    f: MetricsFilter, reporting: str, raw: bool, by_bucket: bool, detailed: bool
-) -> Subquery:
-    """Task rollup (or raw) rows with their cost converted, ready to be grouped."""
-    counters = TASK_COUNTERS if detailed else TASK_COUNTERS[:2]
-    keys = ["stream", "ai_model", "task_type", "currency"] if detailed else ["stream", "currency"]
-    src = _dated(
-        task_source(f, raw, detailed=detailed, by_bucket=by_bucket),
-        f,
-        by_bucket,
-        keys,
-        ["cost", *counters],
-    )
-    joined, rate = _with_fx(src, reporting)
-    converted = _is_converted(src, rate, reporting, settled=False)
-    return (
-        select(
-            src.c.bucket,
-            src.c.stream,
-            *([src.c.ai_model, src.c.task_type] if detailed else []),
-            converted.label("converted"),
-            case((converted, ""), else_=src.c.currency).label("group_currency"),
-            case((converted, _converted(src, rate, reporting, "cost", None)), else_=0).label(
-                "cost"
-            ),
-            case((converted, 0), else_=src.c.cost).label("orig_cost"),
-            *[src.c[c] for c in counters],
-        )
-        .select_from(joined)
-        .subquery("per_row")
-    )
-
-
-def _task_sums(
-    conn: Connection, f: MetricsFilter, reporting: str, raw: bool, by_bucket: bool
-) -> dict[tuple[datetime | None, str], BaseFigures]:
-    p = _task_rows(f, reporting, raw, by_bucket, detailed=False).c
-    query = select(
-        p.bucket,
-        p.stream,
-        p.group_currency,
-        func.sum(p.tasks).label("tasks"),
-        func.sum(p.unpriced).label("unpriced"),
-        func.sum(p.cost).label("cost"),
-        func.sum(p.orig_cost).label("orig_cost"),
-    ).group_by(p.bucket, p.stream, p.group_currency)
-    sums: dict[tuple[datetime | None, str], BaseFigures] = defaultdict(BaseFigures)
-    for row in conn.execute(query).all():  # one fetch: row by row cost ~35 us a row
-        base = sums[(row.bucket, row.stream)]
-        base.tasks += int(row.tasks)
-        base.unpriced_tasks += int(row.unpriced)
-        base.task_cost += row.cost
-        if row.group_currency:
-            base.unconverted_cost[row.group_currency] = (
-                base.unconverted_cost.get(row.group_currency, Decimal(0)) + row.orig_cost
-            )
-    return sums
-
-
-def _merged(
-    conn: Connection, f: MetricsFilter, reporting: str, raw: bool, by_bucket: bool
-) -> dict[tuple[datetime | None, str], BaseFigures]:
-    merged: dict[tuple[datetime | None, str], BaseFigures] = defaultdict(BaseFigures)
-    for part in (
-        _ledger_sums(conn, f, reporting, raw, by_bucket),
-        _task_sums(conn, f, reporting, raw, by_bucket),
-    ):
-        for key, base in part.items():
-            merged[key].add(base)
-    return merged
 
 
 def _use_raw(f: MetricsFilter, raw: bool | None) -> bool:
@@ -309,17 +306,17 @@ def stream_summary(
     (STRIPE_API_KEY set: few are pending); without a key every charge is pending and the
     count would cost in proportion to the rows, so callers leave it out (None)."""
     use_raw = _use_raw(f, raw)
-    per_stream = _merged(conn, f, reporting, use_raw, by_bucket=False)
+    previous = f.previous()
+    current, before = _sums(conn, [f, previous], reporting, raw, by_bucket=False)
     rows = [
         StreamRow(stream=stream, base=base, figures=derive(base))
-        for (_, stream), base in sorted(per_stream.items(), key=lambda kv: kv[0][1])
+        for (_, stream), base in sorted(current.items(), key=lambda kv: kv[0][1])
     ]
     total_base = BaseFigures()
     for row in rows:
         total_base.add(row.base)
-    previous = f.previous()
     previous_base = BaseFigures()
-    for base in _merged(conn, previous, reporting, _use_raw(previous, raw), False).values():
+    for base in before.values():
         previous_base.add(base)
     trust = _trust(conn, f, rows, total_base, count_unknown_fees)
     return Summary(
@@ -339,10 +336,10 @@ def stream_timeseries(
     conn: Connection, f: MetricsFilter, reporting: str, *, raw: bool | None = None
 ) -> list[SeriesPoint]:
     """Per stream and per bucket of the filter's granularity, cut in its time zone."""
-    merged = _merged(conn, f, reporting, _use_raw(f, raw), by_bucket=True)
+    (per_bucket,) = _sums(conn, [f], reporting, raw, by_bucket=True)
     points = [
         SeriesPoint(bucket=bucket, stream=stream, base=base, figures=derive(base))
-        for (bucket, stream), base in merged.items()
+        for (bucket, stream), base in per_bucket.items()
         if bucket is not None
     ]
     points.sort(key=lambda p: (p.bucket, p.stream))
@@ -389,6 +386,36 @@ def _trust(
     )
 
 
+TASK_COUNTERS = ("tasks", "unpriced", "succeeded", "failed", "duration_ms", "durations")
+
+
+def _detailed_task_rows(f: MetricsFilter, reporting: str, raw: bool) -> Subquery:
+    """Task rollup (or raw) rows per stream, AI model and task type over the period, with their
+    cost converted (or in `group_currency` where it cannot be), ready to be grouped."""
+    keys = ["stream", "ai_model", "task_type", "currency"]
+    src = _dated(
+        task_source(f, raw, detailed=True, by_bucket=False),
+        f,
+        reporting,
+        False,
+        keys,
+        ["cost", *TASK_COUNTERS],
+    )
+    joined, rate = _with_fx(src, reporting)
+    return (
+        select(
+            src.c.stream,
+            src.c.ai_model,
+            src.c.task_type,
+            _group_currency(src, rate, reporting, settled=False).label("group_currency"),
+            _converted_or_own(src, rate, reporting, "cost", None).label("cost"),
+            *[src.c[c] for c in TASK_COUNTERS],
+        )
+        .select_from(joined)
+        .subquery("per_row")
+    )
+
+
 @dataclass
 class BreakdownRow:
     """One AI model or one task type over the period."""
@@ -413,12 +440,12 @@ def model_breakdown(
     """Per AI model and per task type: tasks, success rate (succeeded / (succeeded + failed)),
     average and p95 duration, cost, cost per successful task, and net revenue per task (each
     stream's net revenue shared equally across that stream's tasks in the period)."""
-    use_raw = _use_raw(f, raw)
-    net_by_stream = {
-        stream: derive(base).net_revenue
-        for (_, stream), base in _ledger_sums(conn, f, reporting, use_raw, False).items()
-    }
-    p = _task_rows(f, reporting, use_raw, by_bucket=False, detailed=True).c
+    # A stream's revenue is shared across all its tasks, whatever the model filter keeps (the
+    # ledger has no model: only the task counts change without the model filters).
+    (per_stream,) = _sums(conn, [replace(f, ai_models=(), task_types=())], reporting, raw, False)
+    net_by_stream = {stream: derive(base).net_revenue for (_, stream), base in per_stream.items()}
+    stream_tasks = {stream: base.tasks for (_, stream), base in per_stream.items()}
+    p = _detailed_task_rows(f, reporting, _use_raw(f, raw)).c
     query = select(
         p.ai_model,
         p.task_type,
@@ -426,15 +453,8 @@ def model_breakdown(
         p.group_currency.label("currency"),
         *[func.sum(p[c]).label(c) for c in TASK_COUNTERS],
         func.sum(p.cost).label("cost"),
-        func.sum(p.orig_cost).label("orig_cost"),
     ).group_by(p.ai_model, p.task_type, p.stream, p.group_currency)
     rows = conn.execute(query).all()
-    # A stream's revenue is shared across all its tasks, whatever the model filter keeps.
-    all_tasks = replace(f, ai_models=(), task_types=())
-    stream_tasks = {
-        stream: base.tasks
-        for (_, stream), base in _task_sums(conn, all_tasks, reporting, use_raw, False).items()
-    }
     p95 = _p95_durations(conn, f)
     result: dict[str, list[BreakdownRow]] = {}
     for dimension in ("ai_model", "task_type"):
@@ -445,11 +465,12 @@ def model_breakdown(
             a = acc[getattr(row, dimension)]
             for name in ("tasks", "succeeded", "failed", "unpriced", "duration_ms", "durations"):
                 a[name] += int(getattr(row, name))
-            a["cost"] += row.cost
             if row.currency:
                 a["unconverted"][row.currency] = (
-                    a["unconverted"].get(row.currency, Decimal(0)) + row.orig_cost
+                    a["unconverted"].get(row.currency, Decimal(0)) + row.cost
                 )
+            else:
+                a["cost"] += row.cost
             if stream_tasks.get(row.stream):
                 share = net_by_stream.get(row.stream, Decimal(0)) / stream_tasks[row.stream]
                 a["revenue"] += share * int(row.tasks)
