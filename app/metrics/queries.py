@@ -9,6 +9,7 @@ added to a total.
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -236,6 +237,29 @@ def _task_part(f: MetricsFilter, reporting: str, raw: bool, by_bucket: bool) -> 
 Sums = dict[tuple[datetime | None, str], BaseFigures]
 
 
+@functools.lru_cache(maxsize=512)
+def _sums_query(
+    periods: tuple[MetricsFilter, ...], reporting: str, raw: bool | None, by_bucket: bool
+) -> Select[Any]:
+    """The statement of `_sums`. Building it costs more Python than running it costs SQL
+    (several ms), and a dashboard asks for the same few views over and over: kept per filter
+    (frozen, so hashable; a statement is immutable and safe to run from any thread)."""
+    parts = []
+    for index, f in enumerate(periods):
+        use_raw = _use_raw(f, raw)
+        tag: ColumnElement[int] = literal_column(str(index)).label("period")
+        for part in (_ledger_part, _task_part):
+            parts.append(part(f, reporting, use_raw, by_bucket).add_columns(tag))
+    rows = union_all(*parts).subquery("parts")
+    return select(
+        rows.c.period,
+        rows.c.bucket,
+        rows.c.stream,
+        rows.c.group_currency,
+        *[func.sum(rows.c[c]).label(c) for c in SUM_COLUMNS],
+    ).group_by(rows.c.period, rows.c.bucket, rows.c.stream, rows.c.group_currency)
+
+
 def _sums(
     conn: Connection,
     periods: list[MetricsFilter],
@@ -246,41 +270,29 @@ def _sums(
     """Base figures per (bucket, stream) of each period, revenue and task costs together, in
     one statement: the parts of every period are stacked and grouped once, so a request costs
     one round trip and one plan whatever it asks for. `raw` as in `stream_summary`."""
-    parts = []
-    for index, f in enumerate(periods):
-        use_raw = _use_raw(f, raw)
-        tag: ColumnElement[int] = literal_column(str(index)).label("period")
-        for part in (_ledger_part, _task_part):
-            parts.append(part(f, reporting, use_raw, by_bucket).add_columns(tag))
-    rows = union_all(*parts).subquery("parts")
-    query = select(
-        rows.c.period,
-        rows.c.bucket,
-        rows.c.stream,
-        rows.c.group_currency,
-        *[func.sum(rows.c[c]).label(c) for c in SUM_COLUMNS],
-    ).group_by(rows.c.period, rows.c.bucket, rows.c.stream, rows.c.group_currency)
+    query = _sums_query(tuple(periods), reporting, raw, by_bucket)
     sums: list[Sums] = [{} for _ in periods]
-    for row in conn.execute(query).all():  # one fetch: row by row cost ~35 us a row
-        key = (row.bucket, row.stream)
-        base = sums[row.period].get(key)
+    # Plain tuples: a few thousand rows per request, and attribute access by name costs more
+    # than the arithmetic.
+    for period, bucket, stream, currency, *amounts in conn.execute(query).tuples().all():
+        gross, refunds, disputes, fees, task_cost, tasks, unpriced = amounts
+        base = sums[period].get((bucket, stream))
         if base is None:
-            base = sums[row.period][key] = BaseFigures()
-        base.tasks += int(row.tasks)
-        base.unpriced_tasks += int(row.unpriced)
-        currency = row.group_currency
+            base = sums[period][(bucket, stream)] = BaseFigures()
+        base.tasks += int(tasks)
+        base.unpriced_tasks += int(unpriced)
         if not currency:
-            base.gross += row.gross
-            base.refunds += row.refunds
-            base.disputes += row.disputes
-            base.fees += row.fees
-            base.task_cost += row.task_cost
+            base.gross += gross
+            base.refunds += refunds
+            base.disputes += disputes
+            base.fees += fees
+            base.task_cost += task_cost
             continue
-        net = int(row.gross + row.refunds + row.disputes)
+        net = int(gross + refunds + disputes)
         if net:
             base.unconverted_revenue[currency] = base.unconverted_revenue.get(currency, 0) + net
         # Cost is positive: task costs as they are, fees (negative in the ledger) negated.
-        cost = row.task_cost - row.fees
+        cost = task_cost - fees
         if cost:
             base.unconverted_cost[currency] = base.unconverted_cost.get(currency, ZERO) + cost
     return sums
