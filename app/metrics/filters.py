@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from app.periods import BadParameter, period, zone
@@ -94,10 +94,11 @@ def rollups_are_exact(f: MetricsFilter) -> bool:
 def daily_span(f: MetricsFilter, by_bucket: bool) -> tuple[datetime, datetime] | None:
     """The whole UTC days inside the period that daily rollups can answer for, or None.
 
-    Without buckets (a summary) any whole UTC day inside the period will do. With buckets,
-    only where a UTC day lies in one bucket: granularity of a day or more, in a zone at UTC
-    offset 0 throughout the period."""
-    if by_bucket and (f.granularity == "hour" or not _offsets_all(f, lambda s: s == 0)):
+    Without buckets (a summary) any whole UTC day inside the period will do. With buckets, a
+    granularity of a day or more: each day's row goes to the bucket of its noon, and the few
+    hours of it that belong to another bucket (`moved_hours`) are moved there from hourly rows.
+    Hourly buckets are read from hourly rows only."""
+    if by_bucket and f.granularity == "hour":
         return None
     utc = ZoneInfo("UTC")
     start, end = f.start.astimezone(utc), f.end.astimezone(utc)
@@ -106,6 +107,41 @@ def daily_span(f: MetricsFilter, by_bucket: bool) -> tuple[datetime, datetime] |
         first += timedelta(days=1)
     last = end.replace(hour=0, minute=0, second=0, microsecond=0)
     return (first, last) if first < last else None
+
+
+def moved_hours(f: MetricsFilter, span: tuple[datetime, datetime]) -> tuple[datetime, ...]:
+    """The UTC hours of the span's days that lie in another bucket than their day's noon.
+
+    A daily rollup row is counted in the bucket of its UTC day's noon; these hours of it are
+    taken out of that bucket and counted in their own, from hourly rows. None in UTC; in New
+    York, the 4 or 5 hours before each local midnight for daily buckets, and only the hours
+    around each month's first midnight for monthly ones. (Zones whose offset is not whole
+    hours never get here: `rollups_are_exact` sends them to the raw tables.)"""
+    first, last = span
+    moved: list[datetime] = []
+    day = first
+    while day < last:
+        home = _bucket_date(day + timedelta(hours=12), f)
+        moved.extend(
+            hour
+            for hour in (day + timedelta(hours=h) for h in range(24))
+            if _bucket_date(hour, f) != home
+        )
+        day += timedelta(days=1)
+    return tuple(moved)
+
+
+def _bucket_date(instant: datetime, f: MetricsFilter) -> date:
+    """The local date the bucket holding `instant` starts on: PostgreSQL's
+    `date_trunc(granularity, instant, zone)`, as a date (weeks start on Monday, as ISO's)."""
+    local = instant.astimezone(f.tz).date()
+    if f.granularity == "week":
+        return local - timedelta(days=local.weekday())
+    if f.granularity == "month":
+        return local.replace(day=1)
+    if f.granularity == "quarter":
+        return local.replace(month=3 * ((local.month - 1) // 3) + 1, day=1)
+    return local
 
 
 def whole_hour_offsets(f: MetricsFilter) -> bool:

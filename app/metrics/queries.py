@@ -38,6 +38,7 @@ from app.metrics.figures import ZERO, BaseFigures, Figures, derive
 from app.metrics.filters import (
     MetricsFilter,
     daily_span,
+    moved_hours,
     rollups_are_exact,
     whole_hour_offsets,
 )
@@ -104,12 +105,13 @@ def _dated(
     Only rows that need a rate keep their day (`fx_day`); the others (in the reporting
     currency, or settled in it) are summed over the whole bucket first, so a summary converts
     about one row per stream and currency instead of one per stream, currency and day. Daily
-    buckets read from daily rollups are already one row per day and keys: summing them again
-    would only cost time."""
+    buckets read from daily rollups (in a zone at UTC, where no hour moves) are already one row
+    per day and keys: summing them again would only cost time."""
     src = source.subquery("src")
     bucket = _bucket(f, src.c.ts) if by_bucket else null()
     columns = [src.c[k] for k in keys]
-    if by_bucket and f.granularity == "day" and daily_span(f, by_bucket) is not None:
+    span = daily_span(f, by_bucket)
+    if by_bucket and f.granularity == "day" and span is not None and not moved_hours(f, span):
         day = cast(func.timezone("UTC", src.c.ts), Date)
         sum_columns = [src.c[s] for s in sums]
         return select(bucket.label("bucket"), day.label("day"), *columns, *sum_columns).subquery(
@@ -185,8 +187,9 @@ def _group_currency(
 
 
 # The columns every part of `_sums_query` yields: money in reporting minor units (or in
-# `group_currency` where not converted), signed as in the ledger; then task counters.
-SUM_COLUMNS = (*LEDGER_MONEY, "task_cost", "tasks", "unpriced")
+# `group_currency` where not converted), signed as in the ledger; then counters. `entries`
+# (ledger rows) and `tasks` tell a bucket with rows from one whose moved hours cancelled out.
+SUM_COLUMNS = (*LEDGER_MONEY, "task_cost", "tasks", "unpriced", "entries")
 
 
 def _ledger_part(f: MetricsFilter, reporting: str, raw: bool, by_bucket: bool) -> Select[Any]:
@@ -196,7 +199,7 @@ def _ledger_part(f: MetricsFilter, reporting: str, raw: bool, by_bucket: bool) -
         reporting,
         by_bucket,
         ["stream", "currency", "settlement_currency"],
-        [*LEDGER_MONEY, *("settled_" + m for m in LEDGER_MONEY)],
+        [*LEDGER_MONEY, *("settled_" + m for m in LEDGER_MONEY), "entries"],
     )
     joined, rate = _with_fx(src, reporting)
     zero: ColumnElement[int] = literal_column("0")
@@ -208,7 +211,8 @@ def _ledger_part(f: MetricsFilter, reporting: str, raw: bool, by_bucket: bool) -
             _converted_or_own(src, rate, reporting, m, "settled_" + m).label(m)
             for m in LEDGER_MONEY
         ],
-        *[zero.label(c) for c in SUM_COLUMNS[len(LEDGER_MONEY) :]],
+        *[zero.label(c) for c in ("task_cost", "tasks", "unpriced")],
+        src.c.entries,
     ).select_from(joined)
 
 
@@ -231,6 +235,7 @@ def _task_part(f: MetricsFilter, reporting: str, raw: bool, by_bucket: bool) -> 
         _converted_or_own(src, rate, reporting, "cost", None).label("task_cost"),
         src.c.tasks,
         src.c.unpriced,
+        zero.label("entries"),
     ).select_from(joined)
 
 
@@ -272,10 +277,12 @@ def _sums(
     one round trip and one plan whatever it asks for. `raw` as in `stream_summary`."""
     query = _sums_query(tuple(periods), reporting, raw, by_bucket)
     sums: list[Sums] = [{} for _ in periods]
+    rows_behind: dict[tuple[int, datetime | None, str], int] = defaultdict(int)
     # Plain tuples: a few thousand rows per request, and attribute access by name costs more
     # than the arithmetic.
-    for period, bucket, stream, currency, *amounts in conn.execute(query).tuples().all():
-        gross, refunds, disputes, fees, task_cost, tasks, unpriced = amounts
+    for period, bucket, stream, currency, *amounts in conn.execute(query).all():
+        gross, refunds, disputes, fees, task_cost, tasks, unpriced, entries = amounts
+        rows_behind[(period, bucket, stream)] += int(entries) + int(tasks)
         base = sums[period].get((bucket, stream))
         if base is None:
             base = sums[period][(bucket, stream)] = BaseFigures()
@@ -295,6 +302,11 @@ def _sums(
         cost = task_cost - fees
         if cost:
             base.unconverted_cost[currency] = base.unconverted_cost.get(currency, ZERO) + cost
+    # A bucket whose rows were all moved to a neighbour (`moved_hours`) has none behind it:
+    # the raw tables would not have it either.
+    for (period, bucket, stream), count in rows_behind.items():
+        if count == 0:
+            del sums[period][(bucket, stream)]
     return sums
 
 

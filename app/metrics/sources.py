@@ -12,21 +12,24 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    ARRAY,
     ColumnElement,
     CompoundSelect,
     DateTime,
     Select,
     Table,
     and_,
+    any_,
     case,
     cast,
     func,
     literal,
+    literal_column,
     select,
     union_all,
 )
 
-from app.metrics.filters import MetricsFilter, daily_span
+from app.metrics.filters import MetricsFilter, daily_span, moved_hours
 from app.models import (
     execution_tasks,
     ledger_entries,
@@ -45,46 +48,73 @@ def _in(column: ColumnElement[str], values: tuple[str, ...]) -> ColumnElement[bo
     return column.in_(values) if values else literal(True)
 
 
+Columns = tuple[list[ColumnElement[Any]], list[ColumnElement[Any]]]  # (keys, sums)
+NOON: ColumnElement[Any] = literal_column("interval '12 hours'")
+
+
 def _hourly_and_daily(
     f: MetricsFilter,
     by_bucket: bool,
     hourly: Table,
     daily: Table,
-    columns: Callable[[Table], list[ColumnElement[Any]]],
+    columns: Callable[[Table], Columns],
 ) -> Select[Any] | CompoundSelect[Any]:
     """Rollup rows covering [start, end): daily rows for the whole UTC days inside it (when
-    `daily_span` allows), hourly rows for the rest. `ts` is the hour, or the day's midnight."""
+    `daily_span` allows), hourly rows for the rest. `ts` is the hour, or the day's noon (the
+    instant that decides a daily row's bucket, and whose UTC day its FX rate is of).
+
+    With buckets in a zone other than UTC, some hours of a day belong to another bucket than
+    its noon (`moved_hours`): they are read from hourly rows twice, negated at the day's noon
+    and as they are at their own hour, so every bucket gets exactly its hours."""
     h, d = hourly.c, daily.c
     span = daily_span(f, by_bucket)
 
     def hours(lo: datetime, hi: datetime) -> Select[Any]:
-        return select(h.bucket.label("ts"), *columns(hourly)).where(
+        keys, sums = columns(hourly)
+        return select(h.bucket.label("ts"), *keys, *sums).where(
             h.bucket >= lo, h.bucket < hi, _in(h.stream, f.streams)
         )
 
     if span is None:
         return hours(f.start, f.end)
     first, last = span
-    midnight = func.timezone("UTC", cast(d.day, DateTime())).label("ts")
-    days = select(midnight, *columns(daily)).where(
+    keys, sums = columns(daily)
+    noon = func.timezone("UTC", cast(d.day, DateTime())) + NOON
+    days = select(noon.label("ts"), *keys, *sums).where(
         d.day >= first.date(), d.day < last.date(), _in(d.stream, f.streams)
     )
-    return union_all(hours(f.start, first), days, hours(last, f.end))
+    parts: list[Select[Any]] = [hours(f.start, first), days, hours(last, f.end)]
+    moved = moved_hours(f, span) if by_bucket else ()
+    if moved:
+        keys, sums = columns(hourly)
+        is_moved = [h.bucket == any_(literal(list(moved), ARRAY(DateTime(timezone=True))))]
+        day_noon = func.date_trunc("day", h.bucket, "UTC") + NOON
+        parts.append(
+            select(day_noon.label("ts"), *keys, *[(-c).label(c.name) for c in sums]).where(
+                *is_moved, _in(h.stream, f.streams)
+            )
+        )
+        parts.append(
+            select(h.bucket.label("ts"), *keys, *sums).where(*is_moved, _in(h.stream, f.streams))
+        )
+    return union_all(*parts)
 
 
-def _ledger_columns(table: Table) -> list[ColumnElement[Any]]:
+def _ledger_columns(table: Table) -> Columns:
     t = table.c
-    return [
-        t.stream,
-        t.currency,
-        t.settlement_currency,
-        *[t[m] for m in LEDGER_MONEY],
-        *[t["settled_" + m] for m in LEDGER_MONEY],
-    ]
+    return (
+        [t.stream, t.currency, t.settlement_currency],
+        [
+            *[t[m] for m in LEDGER_MONEY],
+            *[t["settled_" + m] for m in LEDGER_MONEY],
+            t.entries,
+        ],
+    )
 
 
 def ledger_source(f: MetricsFilter, raw: bool, by_bucket: bool = True) -> Select[Any]:
-    """(ts, stream, currency, settlement_currency, gross..fees, settled_gross..settled_fees)."""
+    """(ts, stream, currency, settlement_currency, gross..fees, settled_gross..settled_fees,
+    entries)."""
     if not raw:
         rows = _hourly_and_daily(f, by_bucket, ledger_rollup, ledger_rollup_daily, _ledger_columns)
         return select(rows.subquery("rollup"))
@@ -103,12 +133,13 @@ def ledger_source(f: MetricsFilter, raw: bool, by_bucket: bool = True) -> Select
             of_kind(func.coalesce(le.settlement_amount, 0), m).label("settled_" + m)
             for m in LEDGER_MONEY
         ],
+        literal(1).label("entries"),
     ).where(le.booked_at >= f.start, le.booked_at < f.end, _in(le.stream, f.streams))
 
 
-def _task_stream_columns(table: Table) -> list[ColumnElement[Any]]:
+def _task_stream_columns(table: Table) -> Columns:
     t = table.c
-    return [t.stream, t.currency, t.tasks, t.unpriced, t.cost]
+    return [t.stream, t.currency], [t.tasks, t.unpriced, t.cost]
 
 
 def task_source(f: MetricsFilter, raw: bool, detailed: bool, by_bucket: bool = True) -> Select[Any]:

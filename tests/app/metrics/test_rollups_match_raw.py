@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from sqlalchemy import insert, text
 
 from app.metrics.figures import BaseFigures
-from app.metrics.filters import MetricsFilter, rollups_are_exact
+from app.metrics.filters import MetricsFilter, daily_span, moved_hours, rollups_are_exact
 from app.metrics.queries import stream_summary, stream_timeseries
 from app.metrics.rollups import compact_now
 from app.models import execution_tasks, fx_rates, ledger_entries
@@ -158,6 +158,8 @@ def _oracle(
             start -= timedelta(days=start.weekday())
         elif f.granularity == "month":
             start = start.replace(day=1)
+        elif f.granularity == "quarter":
+            start = start.replace(month=3 * ((start.month - 1) // 3) + 1, day=1)
         # Local midnight is never ambiguous in these zones.
         return start.replace(tzinfo=None).replace(tzinfo=f.tz).astimezone(UTC)
 
@@ -248,7 +250,7 @@ def _normal(
     entries=st.lists(entry_strategy, max_size=40),
     tasks=st.lists(task_strategy, max_size=30),
     zone=st.sampled_from(ZONES),
-    granularity=st.sampled_from(["hour", "day", "week", "month"]),
+    granularity=st.sampled_from(["hour", "day", "week", "month", "quarter"]),
     first_day=st.integers(0, 30),
     days=st.integers(1, 20),
     only_api=st.booleans(),
@@ -283,6 +285,9 @@ def test_rollups_and_raw_tables_agree_with_an_oracle(
         summary_rollups = stream_summary(conn, f, REPORTING, raw=False)
         summary_raw = stream_summary(conn, f, REPORTING, raw=True)
     expected = _normal(_oracle(f, ledger_rows, task_rows, by_bucket=True))
+    # The same points, not only the same non-zero ones: hours moved between daily buckets
+    # (zones off UTC) must not leave an empty point behind.
+    assert set(from_rollups) == set(from_raw)
     assert _normal(from_rollups) == expected
     assert _normal(from_raw) == expected
     expected_total = _normal(_oracle(f, ledger_rows, task_rows, by_bucket=False))
@@ -310,3 +315,37 @@ def test_zones_with_fractional_offsets_are_read_from_raw_tables() -> None:
         start=datetime(2024, 3, 1, 0, 30, tzinfo=utc), end=datetime(2024, 3, 2, tzinfo=utc), tz=utc
     )
     assert not rollups_are_exact(half_hour)
+
+
+def _moved(zone: str, granularity: str, start: date, end: date) -> list[str]:
+    tz = ZoneInfo(zone)
+    f = MetricsFilter(
+        start=datetime.combine(start, datetime.min.time(), tzinfo=tz),
+        end=datetime.combine(end, datetime.min.time(), tzinfo=tz),
+        tz=tz,
+        granularity=granularity,
+    )
+    span = daily_span(f, by_bucket=True)
+    assert span is not None
+    return [f"{h:%m-%d %H}" for h in moved_hours(f, span)]
+
+
+def test_daily_rows_go_to_their_noons_bucket_and_the_hours_of_another_bucket_move() -> None:
+    # UTC: every hour of a UTC day is in its noon's bucket.
+    assert _moved("UTC", "day", date(2024, 3, 1), date(2024, 4, 1)) == []
+    # New York, daily buckets: the hours before local midnight (5 in winter, 4 in summer; the
+    # spring-forward day of 2024-03-10 is 23 hours long).
+    moved = _moved("America/New_York", "day", date(2024, 3, 9), date(2024, 3, 12))
+    assert moved == [
+        *[f"03-10 0{h}" for h in range(5)],  # 10 March before 05:00 UTC: still 9 March
+        *[f"03-11 0{h}" for h in range(4)],  # from then on EDT: midnight is 04:00 UTC
+    ]
+    # Monthly buckets: only the hours around the first local midnight of a month move.
+    assert _moved("America/New_York", "month", date(2024, 3, 1), date(2024, 5, 1)) == [
+        f"04-01 0{h}" for h in range(4)
+    ]
+    # East of UTC the other end of the day moves: Berlin's midnight is 23:00 UTC in winter.
+    assert _moved("Europe/Berlin", "day", date(2024, 1, 10), date(2024, 1, 13)) == [
+        "01-10 23",
+        "01-11 23",
+    ]
