@@ -109,8 +109,11 @@ def daily_span(f: MetricsFilter, by_bucket: bool) -> tuple[datetime, datetime] |
     return (first, last) if first < last else None
 
 
-def moved_hours(f: MetricsFilter, span: tuple[datetime, datetime]) -> tuple[datetime, ...]:
-    """The UTC hours of the span's days that lie in another bucket than their day's noon.
+def moved_hours(
+    f: MetricsFilter, span: tuple[datetime, datetime]
+) -> tuple[tuple[datetime, datetime], ...]:
+    """The UTC hours of the span's days that lie in another bucket than their day's noon, each
+    with the first such hour of its day and bucket (the hours a query can sum together).
 
     A daily rollup row is counted in the bucket of its UTC day's noon; these hours of it are
     taken out of that bucket and counted in their own, from hourly rows. None in UTC; in New
@@ -118,15 +121,15 @@ def moved_hours(f: MetricsFilter, span: tuple[datetime, datetime]) -> tuple[date
     around each month's first midnight for monthly ones. (Zones whose offset is not whole
     hours never get here: `rollups_are_exact` sends them to the raw tables.)"""
     first, last = span
-    moved: list[datetime] = []
+    moved: list[tuple[datetime, datetime]] = []
     day = first
     while day < last:
         home = _bucket_date(day + timedelta(hours=12), f)
-        moved.extend(
-            hour
-            for hour in (day + timedelta(hours=h) for h in range(24))
-            if _bucket_date(hour, f) != home
-        )
+        group_start: dict[date, datetime] = {}
+        for hour in (day + timedelta(hours=h) for h in range(24)):
+            bucket = _bucket_date(hour, f)
+            if bucket != home:
+                moved.append((hour, group_start.setdefault(bucket, hour)))
         day += timedelta(days=1)
     return tuple(moved)
 

@@ -50,6 +50,7 @@ def _in(column: ColumnElement[str], values: tuple[str, ...]) -> ColumnElement[bo
 
 Columns = tuple[list[ColumnElement[Any]], list[ColumnElement[Any]]]  # (keys, sums)
 NOON: ColumnElement[Any] = literal_column("interval '12 hours'")
+HOURS = ARRAY(DateTime(timezone=True))
 
 
 def _hourly_and_daily(
@@ -64,8 +65,8 @@ def _hourly_and_daily(
     instant that decides a daily row's bucket, and whose UTC day its FX rate is of).
 
     With buckets in a zone other than UTC, some hours of a day belong to another bucket than
-    its noon (`moved_hours`): they are read from hourly rows twice, negated at the day's noon
-    and as they are at their own hour, so every bucket gets exactly its hours."""
+    its noon (`moved_hours`): they are read from hourly rows and counted twice, negated at the
+    day's noon and as they are in their own bucket, so every bucket gets exactly its hours."""
     h, d = hourly.c, daily.c
     span = daily_span(f, by_bucket)
 
@@ -86,18 +87,50 @@ def _hourly_and_daily(
     parts: list[Select[Any]] = [hours(f.start, first), days, hours(last, f.end)]
     moved = moved_hours(f, span) if by_bucket else ()
     if moved:
-        keys, sums = columns(hourly)
-        is_moved = [h.bucket == any_(literal(list(moved), ARRAY(DateTime(timezone=True))))]
-        day_noon = func.date_trunc("day", h.bucket, "UTC") + NOON
-        parts.append(
-            select(day_noon.label("ts"), *keys, *[(-c).label(c.name) for c in sums]).where(
-                *is_moved, _in(h.stream, f.streams)
-            )
-        )
-        parts.append(
-            select(h.bucket.label("ts"), *keys, *sums).where(*is_moved, _in(h.stream, f.streams))
-        )
+        parts += _moved_rows(f, hourly, columns, moved)
     return union_all(*parts)
+
+
+def _moved_rows(
+    f: MetricsFilter,
+    hourly: Table,
+    columns: Callable[[Table], Columns],
+    moved: tuple[tuple[datetime, datetime], ...],
+) -> list[Select[Any]]:
+    """The moved hours' rows, summed per (day and bucket, keys) first (a few rows per day
+    instead of one per hour), then twice: negated at their day's noon, and as they are at
+    the first hour of their group, which lies in their own bucket."""
+    h = hourly.c
+    keys, sums = columns(hourly)
+    groups = (
+        func.unnest(
+            literal([hour for hour, _ in moved], HOURS),
+            literal([first for _, first in moved], HOURS),
+        )
+        .table_valued("hour", "first_hour")
+        .render_derived(name="moved_hours")
+    )
+    summed = (
+        select(
+            groups.c.first_hour.label("ts"),
+            *keys,
+            # Back to the column's own type: sum(bigint) is numeric, slower to sum again.
+            *[cast(func.sum(c), c.type).label(c.name) for c in sums],
+        )
+        .select_from(hourly.join(groups, h.bucket == groups.c.hour))
+        # Also as a condition on the indexed column, so the hours are read through the index.
+        .where(h.bucket == any_(literal([hour for hour, _ in moved], HOURS)))
+        .where(_in(h.stream, f.streams))
+        .group_by(groups.c.first_hour, *keys)
+        .cte(f"moved_{hourly.name}")  # read by both selects below, computed once
+    )
+    m = summed.c
+    key_columns = [m[k.name] for k in keys]
+    day_noon = func.date_trunc("day", m.ts, "UTC") + NOON
+    return [
+        select(day_noon.label("ts"), *key_columns, *[(-m[s.name]).label(s.name) for s in sums]),
+        select(m.ts, *key_columns, *[m[s.name] for s in sums]),
+    ]
 
 
 def _ledger_columns(table: Table) -> Columns:

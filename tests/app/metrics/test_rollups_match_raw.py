@@ -327,7 +327,11 @@ def _moved(zone: str, granularity: str, start: date, end: date) -> list[str]:
     )
     span = daily_span(f, by_bucket=True)
     assert span is not None
-    return [f"{h:%m-%d %H}" for h in moved_hours(f, span)]
+    moved = moved_hours(f, span)
+    # Each moved hour comes with the first moved hour of its day and bucket.
+    for hour, first in moved:
+        assert first.date() == hour.date() and first <= hour
+    return [f"{hour:%m-%d %H}" for hour, _ in moved]
 
 
 def test_daily_rows_go_to_their_noons_bucket_and_the_hours_of_another_bucket_move() -> None:
