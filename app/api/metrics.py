@@ -121,14 +121,16 @@ class ModelsResponse(BaseModel):
 
 def figure_set(figures: Figures, base: BaseFigures, currency: str) -> dict[str, Any]:
     """The presented form of one set of figures; the dashboard and CSV use the same."""
-    money = {
-        name: present_money(getattr(figures, name), currency)
-        for name in (
-            "gross", "refunds", "disputes", "fees", "net_revenue", "task_cost", "cost", "margin",
-        )
-    }  # fmt: skip
+    f = figures
     return {
-        **money,
+        "gross": present_money(f.gross, currency),
+        "refunds": present_money(f.refunds, currency),
+        "disputes": present_money(f.disputes, currency),
+        "fees": present_money(f.fees, currency),
+        "net_revenue": present_money(f.net_revenue, currency),
+        "task_cost": present_money(f.task_cost, currency),
+        "cost": present_money(f.cost, currency),
+        "margin": present_money(f.margin, currency),
         "margin_pct": present_ratio(figures.margin_pct),
         "roi": present_ratio(figures.roi),
         "tasks": base.tasks,

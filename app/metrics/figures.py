@@ -84,8 +84,9 @@ def derive(base: BaseFigures) -> Figures:
 def present_money(amount_minor: Decimal, currency: str) -> str:
     """Minor units -> a decimal string in major units, rounded half-even to the minor unit."""
     places, quantum = _minor_unit(currency)
-    major = amount_minor.scaleb(-places).quantize(quantum, ROUND_HALF_EVEN)
-    return f"{major:.{places}f}"
+    # Quantized, its exponent is -places: str() then writes exactly that many decimals and
+    # never an exponent, as format(".2f") would, at a third of the cost (called per figure).
+    return str(amount_minor.scaleb(-places).quantize(quantum, ROUND_HALF_EVEN))
 
 
 @functools.cache
