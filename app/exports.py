@@ -75,11 +75,17 @@ def neutralised(text: str) -> str:
 
 
 def _neutralised_sql(column: ColumnElement[Any]) -> ColumnElement[str]:
-    """The SQL twin of `neutralised`, so COPY writes cells already safe. The first character
-    is tested by its code (`ascii`: an integer; 0 for '', NULL for NULL), which costs a
-    fraction of cutting it out as text (`left`) and comparing strings, once per cell."""
-    starts: list[ColumnElement[int]] = [literal_column(str(ord(c))) for c in FORMULA_STARTS]
-    return case((func.ascii(column).in_(starts), literal_column("''''") + column), else_=column)
+    """The SQL twin of `neutralised`, so COPY writes cells already safe.
+
+    Run on every text cell, so it is cheap: the first character is tested by its code (`ascii`:
+    an integer; 0 for '', NULL for NULL) rather than cut out as text (`left`) and compared as
+    strings, and since every formula character is at or below `@` (64) while ids and names
+    mostly start with a letter, one integer comparison settles most cells before the list."""
+    codes = sorted(ord(c) for c in FORMULA_STARTS)
+    first = func.ascii(column)
+    starts: list[ColumnElement[int]] = [literal_column(str(code)) for code in codes]
+    formula = and_(first <= literal_column(str(codes[-1])), first.in_(starts))
+    return case((formula, literal_column("''''") + column), else_=column)
 
 
 def _minor_to_major_factor(currency: ColumnElement[str]) -> ColumnElement[Decimal]:
