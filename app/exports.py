@@ -303,8 +303,12 @@ def copy_csv(conn: Connection, query: Select[Any], f: MetricsFilter) -> Iterator
     assert driver is not None
     # Times are written in the filter's zone; LOCAL: only for this transaction, so a pooled
     # connection goes back as it was. COPY writes in the client encoding: make it UTF-8.
+    # No JIT: the planner prices the ledger's FX lookup as if every row ran it (it cannot see
+    # the CASE in front), so LLVM would compile with full optimisation (0.1-0.2 s), which one
+    # streaming pass of cell formatting never wins back (measured: about 5% more CPU with it).
     conn.exec_driver_sql(
-        "SELECT set_config('TimeZone', %(tz)s, true), set_config('client_encoding', 'UTF8', true)",
+        "SELECT set_config('TimeZone', %(tz)s, true), set_config('client_encoding', 'UTF8', true),"
+        " set_config('jit', 'off', true)",
         {"tz": f.tz.key},
     )
     with driver.cursor() as cursor, cursor.copy(statement, params) as copy:
