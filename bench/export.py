@@ -13,8 +13,9 @@ One run, all on this machine over 127.0.0.1, bounded, stopping by itself:
    and, to split the cost, psql \\copy of the export's own SQL (formatting and conversion in
    PostgreSQL, no Python, no HTTP);
 3. `roi serve` (one worker): GET /api/export/ledger.csv of the whole period with curl to a
-   file, --runs times; the server's peak memory (VmHWM from /proc, which covers its whole
-   life) and its memory before the first export;
+   file, --runs times, with a finance-role API token made for the run in the scratch database
+   (exports need that role); the server's peak memory (VmHWM from /proc, which covers its
+   whole life) and its memory before the first export;
 4. `roi export ledger --output FILE` (progress bar on) --runs times, with its peak memory
    (ru_maxrss of the child, measured by a wrapper process that runs nothing else);
 5. checks: HTTP and CLI files are the same bytes, one line per ledger row plus the header;
