@@ -13,8 +13,9 @@ One run, all on this machine over 127.0.0.1, bounded, stopping by itself:
    and, to split the cost, psql \\copy of the export's own SQL (formatting and conversion in
    PostgreSQL, no Python, no HTTP);
 3. `roi serve` (one worker): GET /api/export/ledger.csv of the whole period with curl to a
-   file, --runs times; the server's peak memory (VmHWM from /proc, which covers its whole
-   life) and its memory before the first export;
+   file, --runs times, with a finance-role API token made for the run in the scratch database
+   (exports need that role); the server's peak memory (VmHWM from /proc, which covers its
+   whole life) and its memory before the first export;
 4. `roi export ledger --output FILE` (progress bar on) --runs times, with its peak memory
    (ru_maxrss of the child, measured by a wrapper process that runs nothing else);
 5. checks: HTTP and CLI files are the same bytes, one line per ledger row plus the header;
@@ -88,10 +89,31 @@ def vm_kb(pid: int, field: str) -> int:
     raise BenchError(f"no {field} for process {pid}")
 
 
-def http_export(port: int, params: dict[str, str], out: Path) -> float:
+def finance_token(url: str) -> str:
+    """Exports need the finance role: a token for this run, made in the scratch database before
+    the app starts (so it prints no first-admin token into its log)."""
+    from sqlalchemy import create_engine
+
+    from app.auth.principal import Role
+    from app.auth.tokens import create_token
+
+    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    try:
+        with engine.begin() as conn:
+            _, token = create_token(conn, name=f"bench-export-{time.time_ns()}",
+                                    role=Role.FINANCE, created_by="bench/export.py")  # fmt: skip
+    finally:
+        engine.dispose()
+    return token
+
+
+def http_export(port: int, params: dict[str, str], out: Path, token: str) -> float:
     url = f"http://127.0.0.1:{port}/api/export/ledger.csv?{urlencode(params)}"
+    # The header through curl's config on stdin: the token stays out of the process list.
+    config = f'header = "Authorization: Bearer {token}"\n'
     started = time.perf_counter()
-    done = subprocess.run(["curl", "-sS", "--fail", "-o", str(out), url], timeout=600, check=False)
+    done = subprocess.run(["curl", "-sS", "--fail", "-K", "-", "-o", str(out), url],
+                          input=config.encode(), timeout=600, check=False)  # fmt: skip
     elapsed = time.perf_counter() - started
     if done.returncode != 0:
         raise BenchError(f"curl {url} failed ({done.returncode})")
@@ -202,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
                                            "cli": []}  # fmt: skip
         cli_peaks: list[int] = []
         files = {name: OUT / f"{name}.csv" for name in timings}
+        token = finance_token(url)
         app = App(url, free_port(), OUT / "app.log")
         try:
             app.start()
@@ -210,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
             for run in range(args.runs):
                 timings["reference"].append(psql_copy(url, reference_sql, files["reference"]))
                 timings["psql_export_sql"].append(psql_copy(url, own_sql, files["psql_export_sql"]))
-                timings["http"].append(http_export(app.port, params, files["http"]))
+                timings["http"].append(http_export(app.port, params, files["http"], token))
                 elapsed, peak = cli_export(url, params, files["cli"])
                 timings["cli"].append(elapsed)
                 cli_peaks.append(peak)

@@ -19,7 +19,20 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import ColumnElement, Numeric, and_, case, cast, func, literal_column, not_, or_
+from sqlalchemy import (
+    ColumnElement,
+    Numeric,
+    and_,
+    case,
+    cast,
+    false,
+    func,
+    literal_column,
+    null,
+    or_,
+    select,
+    true,
+)
 from sqlalchemy.sql import FromClause, Join
 
 from app.models import fx_rates
@@ -34,6 +47,27 @@ def currency_codes(codes: frozenset[str]) -> list[ColumnElement[str]]:
     return [literal_column(f"'{code}'") for code in sorted(codes)]
 
 
+def by_exponent(
+    currency: ColumnElement[str],
+    *,
+    zero: ColumnElement[Any],
+    three: ColumnElement[Any],
+    other: ColumnElement[Any],
+) -> ColumnElement[Any]:
+    """`zero`, `three` or `other` by the number of decimals of `currency` (app/money.py).
+
+    Most amounts are in two-decimal currencies, so they are told apart with one test against
+    the 21 other codes (an IN list that long PostgreSQL answers with a hash lookup) rather than
+    two lists tried in turn: this runs once per exported row."""
+    return case(
+        (
+            currency.in_(currency_codes(ZERO_DECIMAL | THREE_DECIMAL)),
+            case((currency.in_(currency_codes(THREE_DECIMAL)), three), else_=zero),
+        ),
+        else_=other,
+    )
+
+
 def to_reporting_scale(currency: ColumnElement[str], reporting: str) -> ColumnElement[Decimal]:
     """Factor from `currency` minor units (after the FX rate) to reporting minor units: an
     exact numeric power of ten (0.1, 1, 100...), so the product stays exact."""
@@ -42,11 +76,7 @@ def to_reporting_scale(currency: ColumnElement[str], reporting: str) -> ColumnEl
     def factor(e: int) -> ColumnElement[Decimal]:
         return literal_column(f"{Decimal(10) ** (target - e):f}::numeric")
 
-    return case(
-        (currency.in_(currency_codes(ZERO_DECIMAL)), factor(0)),
-        (currency.in_(currency_codes(THREE_DECIMAL)), factor(3)),
-        else_=factor(2),
-    )
+    return by_exponent(currency, zero=factor(0), three=factor(3), other=factor(2))
 
 
 def with_fx_rate(
@@ -62,6 +92,21 @@ def with_fx_rate(
         fx, and_(fx.c.day == day, fx.c.currency == currency, fx.c.quote_currency == reporting)
     )
     return joined, fx.c.rate
+
+
+def fx_rate_of(
+    day: ColumnElement[Any], currency: ColumnElement[str], reporting: str
+) -> ColumnElement[Decimal]:
+    """The FX rate of `day` from `currency` into the reporting currency (NULL when there is
+    none), as a correlated subquery: it is looked up only where it is evaluated. Behind
+    `Amount.rate_for_fx` that is only for the amounts no earlier rule converts, which suits the
+    row-by-row export; sums over many rows are better served by the join of `with_fx_rate`."""
+    fx = fx_rates.alias("fx")
+    return (
+        select(fx.c.rate)
+        .where(fx.c.day == day, fx.c.currency == currency, fx.c.quote_currency == reporting)
+        .scalar_subquery()
+    )
 
 
 @dataclass(frozen=True)
@@ -99,8 +144,19 @@ class Amount:
         return case(*[(when, value) for _, when, value in whens], else_=by_fx)
 
     def needs_rate(self, reporting: str) -> ColumnElement[bool]:
-        """True where only an FX rate can convert it: no rule before `fx` applies."""
-        return not_(or_(*[when for _, when, _ in self.rules(reporting)[:-1]]))
+        """True where only an FX rate can convert it: no rule before `fx` applies. Never NULL:
+        a rule whose test is NULL (an unknown settlement currency) does not apply, as in the
+        CASEs of `converted`."""
+        *earlier, _ = self.rules(reporting)
+        return case((or_(*[when for _, when, _ in earlier]), false()), else_=true())
+
+    def rate_for_fx(self, reporting: str) -> ColumnElement[Decimal | None]:
+        """`rate` where the FX rule is the one tried (no earlier rule applies), else NULL.
+
+        An Amount with this as its rate converts exactly as this one does (the rate is only
+        dropped where an earlier rule wins), and with `fx_rate_of` as the rate the lookup then
+        runs only for the amounts that need it."""
+        return case((self.needs_rate(reporting), self.rate), else_=null())
 
     def is_converted(self, reporting: str) -> ColumnElement[bool]:
         return or_(*[when for _, when, _ in self.rules(reporting)])

@@ -466,3 +466,21 @@ def test_every_export_is_audited_with_who_and_which_filters_and_only_finance_may
     )
     assert viewer.status_code == 403
     assert db.count("audit_log") == 1
+
+
+def test_fx_rate_is_the_one_of_the_utc_day_whatever_zone_the_export_is_in(
+    webhook: WebhookClient, db: TestDatabase
+) -> None:
+    # 23:30 UTC on 2024-03-10 is already 2024-03-11 in Tokyo; the rate of the UTC day applies,
+    # as in the metrics. A rate for the other day is there to be picked by mistake.
+    fx(webhook, ("2024-03-10", "eur", "1.0931"), ("2024-03-11", "eur", "2"))
+    late = T + 11 * 3600 + 1800
+    paid(webhook, id="ch_late", amount=5_000, currency="eur", stream="api", created=late)
+    paid(webhook, id="ch_usd", amount=700, stream="api", created=late + 1)
+
+    got = rows(export(webhook, "ledger", start="2024-03-10", end="2024-03-13", tz="Asia/Tokyo"))
+
+    assert [(r["time"], r["reporting_amount"], r["rate"], r["conversion"]) for r in got] == [
+        ("2024-03-11T08:30:00+09:00", "54.655", "1.0931", "fx"),
+        ("2024-03-11T08:30:01+09:00", "7.00", "1", "same"),
+    ]

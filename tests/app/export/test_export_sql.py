@@ -1,0 +1,96 @@
+"""The SQL pieces the CSV exports format cells with, against their Python twins, over inputs
+the end-to-end export tests do not reach (Stripe times are whole seconds; ids rarely start
+with a formula character)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+from sqlalchemy import Connection, column, literal, select, text, values
+from sqlalchemy.types import DateTime, Integer
+from sqlalchemy.types import Text as TextType
+
+from app.exports import _iso_time, _neutralised_sql, neutralised
+from tests.conftest import TestDatabase
+
+ZONES = (
+    "UTC",
+    "America/New_York",  # -05:00 / -04:00
+    "Asia/Kolkata",  # +05:30
+    "America/St_Johns",  # -03:30 / -02:30: a negative offset with minutes
+    "Pacific/Chatham",  # +12:45 / +13:45
+)
+# A whole second, and fractions whose digits end in zeros, start with zeros, or neither.
+MICROSECONDS = (0, 1, 10, 120, 123_450, 250_000, 500_000, 999_999, 100_001)
+
+
+def instants() -> list[datetime]:
+    base = datetime(2024, 3, 10, 6, 59, 59, tzinfo=UTC)  # New York's DST change at 07:00 UTC
+    moments = [base + timedelta(hours=h, microseconds=us) for h in (0, 1) for us in MICROSECONDS]
+    return [*moments, datetime(1970, 1, 1, tzinfo=UTC), datetime(1999, 12, 31, 23, 59, 59, 1)]
+
+
+def in_zone(conn: Connection, zone: str) -> Connection:
+    conn.execute(text("SELECT set_config('TimeZone', :tz, true)"), {"tz": zone})
+    return conn
+
+
+@pytest.mark.parametrize("zone", ZONES)
+def test_iso_time_is_what_python_isoformat_writes(db: TestDatabase, zone: str) -> None:
+    moments = [m if m.tzinfo else m.replace(tzinfo=UTC) for m in instants()]
+    table = values(column("i", Integer), column("ts", DateTime(timezone=True)), name="t").data(
+        list(enumerate(moments))
+    )
+    with db.engine.begin() as conn:
+        got = in_zone(conn, zone).execute(
+            select(table.c.i, _iso_time(table.c.ts)).order_by(table.c.i)
+        )
+        written = [row[1] for row in got]
+
+    assert written == [m.astimezone(ZoneInfo(zone)).isoformat() for m in moments]
+
+
+CELLS: tuple[str | None, ...] = (
+    "=1+1",
+    "+41",
+    "-12.34",
+    "@SUM(A1)",
+    "\tx",
+    "\rx",
+    "",
+    "'=already quoted",
+    " =leading space",
+    "é=accented",
+    "€100",
+    "ch_123",
+    "0",
+    None,
+)
+
+
+def test_neutralised_sql_is_neutralised(db: TestDatabase) -> None:
+    table = values(column("i", Integer), column("cell", TextType), name="t").data(
+        list(enumerate(CELLS))
+    )
+    with db.engine.connect() as conn:
+        got: list[Any] = [
+            row[1]
+            for row in conn.execute(
+                select(table.c.i, _neutralised_sql(table.c.cell)).order_by(table.c.i)
+            )
+        ]
+
+    assert got == [None if c is None else neutralised(c) for c in CELLS]
+    # The cases that matter, spelled out.
+    assert got[:6] == ["'=1+1", "'+41", "'-12.34", "'@SUM(A1)", "'\tx", "'\rx"]
+    assert got[6:] == ["", "'=already quoted", " =leading space", "é=accented", "€100", "ch_123",
+                       "0", None]  # fmt: skip
+
+
+def test_neutralised_sql_of_a_literal(db: TestDatabase) -> None:
+    # A constant goes through the same expression (the export's text of a CASE, say).
+    with db.engine.connect() as conn:
+        assert conn.execute(select(_neutralised_sql(literal("=x")))).scalar_one() == "'=x"
