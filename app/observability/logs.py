@@ -137,6 +137,7 @@ def logging_config(settings: Settings) -> dict[str, Any]:
 
 
 access_log = logging.getLogger(ACCESS_LOGGER)
+error_log = logging.getLogger("roi.errors")
 
 
 class RequestContext:
@@ -157,10 +158,12 @@ class RequestContext:
         status = 500  # what the client gets if the app raises before answering
         echoed = rid.encode("latin-1")
 
+        answered = False
+
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, answered
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, answered = message["status"], True
                 headers = [(k, v) for k, v in message.get("headers", []) if k != REQUEST_ID_HEADER]
                 message = {**message, "headers": [*headers, (REQUEST_ID_HEADER, echoed)]}
             await send(message)
@@ -168,6 +171,24 @@ class RequestContext:
         REQUESTS_IN_FLIGHT.inc()
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception:
+            if answered:  # too late for an error page: the server closes the connection
+                raise
+            # Answered here rather than by Starlette's outer error handler, so the 500 carries
+            # the request id a person can quote and the traceback is logged with it.
+            error_log.exception("unhandled error in %s %s", scope["method"], scope["path"])
+            body = orjson.dumps({"error": "internal server error", "request_id": rid})
+            await send_with_id(
+                {
+                    "type": "http.response.start",
+                    "status": 500,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode()),
+                    ],
+                }
+            )
+            await send_with_id({"type": "http.response.body", "body": body})
         finally:
             REQUESTS_IN_FLIGHT.dec()
             duration_ms = round((time.perf_counter() - started) * 1000, 2)

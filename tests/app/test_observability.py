@@ -20,6 +20,11 @@ import pytest
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.testclient import TestClient
 
 from app import schema
 from app.auth.principal import Role
@@ -30,6 +35,7 @@ from app.observability.logs import (
     ACCESS_LOGGER,
     TEXT_FORMAT,
     JsonFormatter,
+    RequestContext,
     RequestIdFilter,
     request_id,
     request_id_from,
@@ -385,6 +391,24 @@ def test_every_request_gets_an_id(live_server: LiveServer, access_lines: io.Stri
     line = wait_for_line(access_lines, bad.headers["x-request-id"])
     assert (line["path"], line["status"]) == ("/api/metrics/streams", 422)
     assert auth_header(Role.VIEWER)["Authorization"].split()[1] not in access_lines.getvalue()
+
+
+def test_an_unhandled_error_answers_500_with_the_request_id_and_logs_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def broken(request: Request) -> Response:
+        raise RuntimeError("boom")
+
+    app = Starlette(routes=[Route("/", broken)])
+    app.add_middleware(RequestContext)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        answer = client.get("/", headers={"X-Request-ID": "req-500"})
+    assert answer.status_code == 500
+    assert answer.headers["x-request-id"] == "req-500"
+    assert answer.json() == {"error": "internal server error", "request_id": "req-500"}
+    logged = [r for r in caplog.records if r.name == "roi.errors"]
+    assert len(logged) == 1 and logged[0].exc_info is not None
+    assert "RuntimeError: boom" in caplog.text
 
 
 def test_records_logged_during_a_request_carry_its_id() -> None:
