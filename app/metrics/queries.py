@@ -256,13 +256,16 @@ def _sums_query(
         for part in (_ledger_part, _task_part):
             parts.append(part(f, reporting, use_raw, by_bucket).add_columns(tag))
     rows = union_all(*parts).subquery("parts")
-    return select(
+    query = select(
         rows.c.period,
         rows.c.bucket,
         rows.c.stream,
         rows.c.group_currency,
         *[func.sum(rows.c[c]).label(c) for c in SUM_COLUMNS],
     ).group_by(rows.c.period, rows.c.bucket, rows.c.stream, rows.c.group_currency)
+    # Ordered here, cheaper than sorting the points in Python (aware datetimes compare
+    # slowly); "C": by code point, as Python orders strings.
+    return query.order_by(rows.c.period, rows.c.bucket, rows.c.stream.collate("C"))
 
 
 def _sums(
@@ -359,15 +362,14 @@ def stream_summary(
 def stream_timeseries(
     conn: Connection, f: MetricsFilter, reporting: str, *, raw: bool | None = None
 ) -> list[SeriesPoint]:
-    """Per stream and per bucket of the filter's granularity, cut in its time zone."""
+    """Per stream and per bucket of the filter's granularity, cut in its time zone; ordered by
+    bucket, then stream (`_sums` reads them in that order)."""
     (per_bucket,) = _sums(conn, [f], reporting, raw, by_bucket=True)
-    points = [
+    return [
         SeriesPoint(bucket=bucket, stream=stream, base=base, figures=derive(base))
         for (bucket, stream), base in per_bucket.items()
         if bucket is not None
     ]
-    points.sort(key=lambda p: (p.bucket, p.stream))
-    return points
 
 
 def _trust(
