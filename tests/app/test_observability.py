@@ -3,6 +3,7 @@ data-health figures), request ids and JSON logs, and the multiprocess mode of `r
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -24,7 +25,6 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.testclient import TestClient
 
 from app import schema
 from app.auth.principal import Role
@@ -401,8 +401,14 @@ def test_an_unhandled_error_answers_500_with_the_request_id_and_logs_it(
 
     app = Starlette(routes=[Route("/", broken)])
     app.add_middleware(RequestContext)
-    with TestClient(app, raise_server_exceptions=False) as client:
-        answer = client.get("/", headers={"X-Request-ID": "req-500"})
+
+    async def get() -> httpx.Response:
+        # The app's exceptions would reach the client: the middleware must answer instead.
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=True)
+        async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+            return await client.get("/", headers={"X-Request-ID": "req-500"})
+
+    answer = asyncio.run(get())
     assert answer.status_code == 500
     assert answer.headers["x-request-id"] == "req-500"
     assert answer.json() == {"error": "internal server error", "request_id": "req-500"}
