@@ -13,7 +13,7 @@ import typer
 from sqlalchemy import Engine
 
 from app.alerts.cli import register as register_alert_commands
-from app.demo import register as register_demo_command
+from app.demo_cli import register as register_demo_command
 from app.export_cli import register as register_export_commands
 from app.ledger.store import set_stream_mapping
 from app.settings import get_settings

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Annotated, Any
+from typing import Any
 
 import httpx
 import typer
@@ -321,50 +321,39 @@ def demo_settings(settings: Settings) -> tuple[Settings, str]:
     return settings.model_copy(update={"stripe_webhook_secret": DEMO_SECRET}), DEMO_SECRET
 
 
-def register(cli: typer.Typer) -> None:
-    @cli.command()
-    def demo(
-        host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
-        port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
-        days: Annotated[int, typer.Option(help="Days of history to seed.")] = 365,
-        every: Annotated[
-            float, typer.Option(help="Seconds between live payments (0: none).")
-        ] = 3.0,
-    ) -> None:
-        """Start the app, seed a year of demo figures through its webhook and API, then keep
-        sending live payments. Ctrl-C stops it."""
-        from app.main import create_app
+def run_demo(host: str, port: int, days: int, every: float) -> None:
+    """`roi demo` (app/demo_cli.py): start the app, seed a year through its webhook and API,
+    then keep sending live payments until Ctrl-C."""
+    from app.main import create_app
 
-        settings, secret = demo_settings(get_settings())
-        app = create_app(settings)
-        server = DemoServer(app, host, port)
-        server.start()
-        stop = threading.Event()
-        token = demo_token(app)
-        auth = {"Authorization": f"Bearer {token}"}
-        try:
-            with httpx.Client(
-                base_url=f"http://127.0.0.1:{port}", timeout=60, headers=auth
-            ) as http:
-                if already_seeded(app):
-                    typer.echo("the demo year is already in the database; not seeding again")
-                else:
-                    started = time.monotonic()
-                    events, tasks = seed_year(http, secret, date.today(), days)
-                    typer.echo(f"seeded {events:,} Stripe events and {tasks:,} AI tasks "
-                               f"in {time.monotonic() - started:.0f} s")  # fmt: skip
-                typer.secho(f"\nDashboard: http://{host}:{port}/dashboard/", bold=True)
-                typer.echo(f"Sign in with this admin token (valid until the next demo run):\n"
-                           f"           {token}", err=True)  # fmt: skip
-                typer.echo(f"Webhook:   http://{host}:{port}/webhooks/stripe (secret {secret})")
-                if every > 0:
-                    typer.echo(f"Sending a live payment about every {every:g} s; Ctrl-C stops.\n")
-                    live_payments(http, secret, every, stop)
-                else:
-                    typer.echo("Serving; Ctrl-C stops.")
-                    stop.wait()
-        except KeyboardInterrupt:
-            typer.echo("stopping")
-        finally:
-            stop.set()
-            server.stop()
+    settings, secret = demo_settings(get_settings())
+    app = create_app(settings)
+    server = DemoServer(app, host, port)
+    server.start()
+    stop = threading.Event()
+    token = demo_token(app)
+    auth = {"Authorization": f"Bearer {token}"}
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60, headers=auth) as http:
+            if already_seeded(app):
+                typer.echo("the demo year is already in the database; not seeding again")
+            else:
+                started = time.monotonic()
+                events, tasks = seed_year(http, secret, date.today(), days)
+                typer.echo(f"seeded {events:,} Stripe events and {tasks:,} AI tasks "
+                           f"in {time.monotonic() - started:.0f} s")  # fmt: skip
+            typer.secho(f"\nDashboard: http://{host}:{port}/dashboard/", bold=True)
+            typer.echo(f"Sign in with this admin token (valid until the next demo run):\n"
+                       f"           {token}", err=True)  # fmt: skip
+            typer.echo(f"Webhook:   http://{host}:{port}/webhooks/stripe (secret {secret})")
+            if every > 0:
+                typer.echo(f"Sending a live payment about every {every:g} s; Ctrl-C stops.\n")
+                live_payments(http, secret, every, stop)
+            else:
+                typer.echo("Serving; Ctrl-C stops.")
+                stop.wait()
+    except KeyboardInterrupt:
+        typer.echo("stopping")
+    finally:
+        stop.set()
+        server.stop()
