@@ -117,10 +117,12 @@ def _dated(
         return select(bucket.label("bucket"), day.label("day"), *columns, *sum_columns).subquery(
             "pre"
         )
+    # Only which rule applies matters here, not the amounts: any column stands for them, and
+    # no rate is needed to tell that the FX rule is the one left.
     money = Amount(
         amount=src.c[sums[0]],
         currency=src.c.currency,
-        rate=cast(null(), Numeric),  # not used: only which rule applies matters here
+        rate=cast(null(), Numeric),
         settled=src.c[sums[0]] if "settlement_currency" in keys else None,
         settlement_currency=src.c.settlement_currency if "settlement_currency" in keys else None,
     )
@@ -281,8 +283,8 @@ def _sums(
     query = _sums_query(tuple(periods), reporting, raw, by_bucket)
     sums: list[Sums] = [{} for _ in periods]
     rows_behind: dict[tuple[int, datetime | None, str], int] = defaultdict(int)
-    # Plain tuples: a few thousand rows per request, and attribute access by name costs more
-    # than the arithmetic.
+    # Unpacked by position: a few thousand rows per request, and attribute access by name
+    # costs more than the arithmetic.
     for period, bucket, stream, currency, *amounts in conn.execute(query).all():
         gross, refunds, disputes, fees, task_cost, tasks, unpriced, entries = amounts
         rows_behind[(period, bucket, stream)] += int(entries) + int(tasks)
