@@ -59,8 +59,10 @@ from app.metrics.queries import stream_timeseries
 from app.models import execution_tasks, ledger_entries
 from app.money import exponent
 
-# The origin `_iso_time` bins instants from: any whole second would do.
-A_WHOLE_SECOND: ColumnElement[datetime] = literal_column("'2000-01-01 00:00:00+00'::timestamptz")
+# The origin `date_bin` counts whole seconds from. Before every real instant: PostgreSQL 16.2
+# (the embedded server's version) bins instants before the origin one second early, so with
+# 2000-01-01 a whole second in 1970 was written with fractions.
+A_WHOLE_SECOND: ColumnElement[datetime] = literal_column("'0001-01-01 00:00:00+00'::timestamptz")
 # OWASP's list of the characters a spreadsheet reads as the start of a formula.
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 # Bytes handed to the HTTP response or the file at a time: large enough that per-chunk costs
