@@ -31,7 +31,7 @@ from sqlalchemy import (
     union_all,
 )
 from sqlalchemy.sql import Join, Subquery
-from sqlalchemy.types import Date, Numeric
+from sqlalchemy.types import BigInteger, Date, Numeric
 
 from app.metrics.conversion import Amount, with_fx_rate
 from app.metrics.figures import ZERO, BaseFigures, Figures, derive
@@ -263,7 +263,9 @@ def _sums_query(
         rows.c.bucket,
         rows.c.stream,
         rows.c.group_currency,
-        *[func.sum(rows.c[c]).label(c) for c in SUM_COLUMNS],
+        *[func.sum(rows.c[c]).label(c) for c in SUM_COLUMNS[:-3]],
+        # Counts come back as integers (sum() of integers is numeric in PostgreSQL).
+        *[cast(func.sum(rows.c[c]), BigInteger).label(c) for c in SUM_COLUMNS[-3:]],
     ).group_by(rows.c.period, rows.c.bucket, rows.c.stream, rows.c.group_currency)
     # Ordered here, cheaper than sorting the points in Python (aware datetimes compare
     # slowly); "C": by code point, as Python orders strings.
@@ -287,12 +289,23 @@ def _sums(
     # costs more than the arithmetic.
     for period, bucket, stream, currency, *amounts in conn.execute(query).all():
         gross, refunds, disputes, fees, task_cost, tasks, unpriced, entries = amounts
-        rows_behind[(period, bucket, stream)] += int(entries) + int(tasks)
+        rows_behind[(period, bucket, stream)] += entries + tasks
         base = sums[period].get((bucket, stream))
+        if base is None and not currency:  # the usual case: one converted row per point
+            sums[period][(bucket, stream)] = BaseFigures(
+                gross=gross,
+                refunds=refunds,
+                disputes=disputes,
+                fees=fees,
+                task_cost=task_cost,
+                tasks=tasks,
+                unpriced_tasks=unpriced,
+            )
+            continue
         if base is None:
             base = sums[period][(bucket, stream)] = BaseFigures()
-        base.tasks += int(tasks)
-        base.unpriced_tasks += int(unpriced)
+        base.tasks += tasks
+        base.unpriced_tasks += unpriced
         if not currency:
             base.gross += gross
             base.refunds += refunds
