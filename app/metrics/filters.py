@@ -147,6 +147,23 @@ def _bucket_date(instant: datetime, f: MetricsFilter) -> date:
     return local
 
 
+def constant_offset(f: MetricsFilter) -> int | None:
+    """The zone's UTC offset in seconds when it is the same throughout the period, else None.
+    Sampled every 6 hours and at the end: no zone changes its offset and back within that."""
+    offsets = set()
+    probe = f.start
+    while True:
+        offset = probe.astimezone(f.tz).utcoffset()
+        if offset is None:
+            return None
+        offsets.add(int(offset.total_seconds()))
+        if len(offsets) > 1:
+            return None
+        if probe >= f.end:
+            return offsets.pop()
+        probe = min(probe + timedelta(hours=6), f.end)
+
+
 def whole_hour_offsets(f: MetricsFilter) -> bool:
     """True when the zone's UTC offset is a whole number of hours throughout the period."""
     return _offsets_all(f, lambda seconds: seconds % 3600 == 0)

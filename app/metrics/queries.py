@@ -37,6 +37,7 @@ from app.metrics.conversion import Amount, with_fx_rate
 from app.metrics.figures import ZERO, BaseFigures, Figures, derive
 from app.metrics.filters import (
     MetricsFilter,
+    constant_offset,
     daily_span,
     moved_hours,
     rollups_are_exact,
@@ -91,6 +92,19 @@ class SeriesPoint:
     figures: Figures
 
 
+def _one_row_per_bucket(f: MetricsFilter, raw: bool, by_bucket: bool) -> bool:
+    """Whether the source rows are already one per bucket and key (up to rows compaction has
+    not merged yet): hourly rollup rows for hourly buckets; daily rollup rows for daily
+    buckets in a zone where no hour moves (`moved_hours`). Summing those again before
+    converting them would only cost time."""
+    if raw or not by_bucket:
+        return False
+    if f.granularity == "hour":
+        return True
+    span = daily_span(f, by_bucket)
+    return f.granularity == "day" and span is not None and not moved_hours(f, span)
+
+
 def _dated(
     source: Select[Any],
     f: MetricsFilter,
@@ -98,20 +112,20 @@ def _dated(
     by_bucket: bool,
     keys: list[str],
     sums: list[str],
+    *,
+    presummed: bool,
 ) -> Subquery:
     """Source rows summed per bucket, keys, and the UTC day whose FX rate converts them.
 
     An FX rate holds for a whole UTC day and conversion is linear, so converting sums is exact.
     Only rows that need a rate keep their day (`fx_day`); the others (in the reporting
     currency, or settled in it) are summed over the whole bucket first, so a summary converts
-    about one row per stream and currency instead of one per stream, currency and day. Daily
-    buckets read from daily rollups (in a zone at UTC, where no hour moves) are already one row
-    per day and keys: summing them again would only cost time."""
+    about one row per stream and currency instead of one per stream, currency and day. Rows
+    that are `presummed` (`_one_row_per_bucket`) are only given their bucket and day."""
     src = source.subquery("src")
     bucket = _bucket(f, src.c.ts) if by_bucket else null()
     columns = [src.c[k] for k in keys]
-    span = daily_span(f, by_bucket)
-    if by_bucket and f.granularity == "day" and span is not None and not moved_hours(f, span):
+    if presummed:
         day = cast(func.timezone("UTC", src.c.ts), Date)
         sum_columns = [src.c[s] for s in sums]
         return select(bucket.label("bucket"), day.label("day"), *columns, *sum_columns).subquery(
@@ -147,12 +161,31 @@ def _with_fx(src: Subquery, reporting: str) -> tuple[Join, ColumnElement[Decimal
     return with_fx_rate(src, src.c.day, src.c.currency, reporting)
 
 
+# Where `date_bin` counts its strides from: midnight UTC of Monday 0001-01-01, before every
+# real instant (PostgreSQL 16.2 bins instants before the origin one stride early).
+BIN_ORIGIN = "'0001-01-01 00:00:00+00'::timestamptz"
+
+
 def _bucket(f: MetricsFilter, ts: ColumnElement[datetime]) -> ColumnElement[datetime]:
     """The bucket start, cut in the filter's zone. Hours are cut in UTC where the zone's
     offset is whole hours: the same boundaries, and the two 01:00-02:00 hours of a
-    daylight-saving fall-back stay two buckets instead of merging."""
-    zone = "UTC" if f.granularity == "hour" and whole_hour_offsets(f) else f.tz.key
-    return func.date_trunc(f.granularity, ts, zone)
+    daylight-saving fall-back stay two buckets instead of merging.
+
+    Where buckets are fixed strides (hours in such a zone; days and weeks in a zone whose
+    offset does not change during the period) they are counted with `date_bin`, plain
+    arithmetic on the instant, instead of `date_trunc` in a zone, which looks the zone up for
+    every row (~0.2 us: 30 ms for a 90-day hourly series)."""
+    if f.granularity == "hour" and whole_hour_offsets(f):
+        return func.date_bin(literal_column("'1 hour'::interval"), ts, literal_column(BIN_ORIGIN))
+    offset = constant_offset(f)
+    if f.granularity in ("day", "week") and offset is not None:
+        stride = "'1 day'::interval" if f.granularity == "day" else "'7 days'::interval"
+        # Local midnight of that Monday, as an instant: the origin moved back by the offset.
+        origin: ColumnElement[datetime] = literal_column(
+            f"{BIN_ORIGIN} - '{offset} seconds'::interval"
+        )
+        return func.date_bin(literal_column(stride), ts, origin)
+    return func.date_trunc(f.granularity, ts, f.tz.key)
 
 
 def _amount(
@@ -202,6 +235,7 @@ def _ledger_part(f: MetricsFilter, reporting: str, raw: bool, by_bucket: bool) -
         by_bucket,
         ["stream", "currency", "settlement_currency"],
         [*LEDGER_MONEY, *("settled_" + m for m in LEDGER_MONEY), "entries"],
+        presummed=_one_row_per_bucket(f, raw, by_bucket),
     )
     joined, rate = _with_fx(src, reporting)
     zero: ColumnElement[int] = literal_column("0")
@@ -226,6 +260,7 @@ def _task_part(f: MetricsFilter, reporting: str, raw: bool, by_bucket: bool) -> 
         by_bucket,
         ["stream", "currency"],
         ["cost", "tasks", "unpriced"],
+        presummed=_one_row_per_bucket(f, raw, by_bucket),
     )
     joined, rate = _with_fx(src, reporting)
     zero: ColumnElement[int] = literal_column("0")
@@ -441,6 +476,7 @@ def _detailed_task_rows(f: MetricsFilter, reporting: str, raw: bool) -> Subquery
         False,
         keys,
         ["cost", *TASK_COUNTERS],
+        presummed=False,
     )
     joined, rate = _with_fx(src, reporting)
     return (

@@ -18,7 +18,13 @@ from hypothesis import strategies as st
 from sqlalchemy import insert, text
 
 from app.metrics.figures import BaseFigures
-from app.metrics.filters import MetricsFilter, daily_span, moved_hours, rollups_are_exact
+from app.metrics.filters import (
+    MetricsFilter,
+    constant_offset,
+    daily_span,
+    moved_hours,
+    rollups_are_exact,
+)
 from app.metrics.queries import stream_summary, stream_timeseries
 from app.metrics.rollups import compact_now
 from app.models import execution_tasks, fx_rates, ledger_entries
@@ -353,3 +359,18 @@ def test_daily_rows_go_to_their_noons_bucket_and_the_hours_of_another_bucket_mov
         "01-10 23",
         "01-11 23",
     ]
+
+
+def test_a_constant_offset_is_told_from_a_changing_one() -> None:
+    def offset(zone: str, start: datetime, end: datetime) -> int | None:
+        tz = ZoneInfo(zone)
+        return constant_offset(
+            MetricsFilter(start=start.replace(tzinfo=tz), end=end.replace(tzinfo=tz), tz=tz)
+        )
+
+    assert offset("UTC", datetime(2024, 1, 1), datetime(2025, 1, 1)) == 0
+    assert offset("America/New_York", datetime(2024, 1, 1), datetime(2024, 3, 1)) == -5 * 3600
+    assert offset("Asia/Kolkata", datetime(2024, 1, 1), datetime(2024, 12, 1)) == 19800
+    # Over a change, even one that a period of half a day just covers.
+    assert offset("America/New_York", datetime(2024, 3, 1), datetime(2024, 4, 1)) is None
+    assert offset("America/New_York", datetime(2024, 3, 10), datetime(2024, 3, 10, 12)) is None
