@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -109,6 +110,8 @@ def daily_span(f: MetricsFilter, by_bucket: bool) -> tuple[datetime, datetime] |
     return (first, last) if first < last else None
 
 
+# Cached: each part of a statement being built asks (app/metrics/sources.py, queries.py).
+@functools.lru_cache(maxsize=256)
 def moved_hours(
     f: MetricsFilter, span: tuple[datetime, datetime]
 ) -> tuple[tuple[datetime, datetime], ...]:
@@ -147,6 +150,7 @@ def _bucket_date(instant: datetime, f: MetricsFilter) -> date:
     return local
 
 
+@functools.lru_cache(maxsize=256)  # asked for every part of a statement, as moved_hours
 def constant_offset(f: MetricsFilter) -> int | None:
     """The zone's UTC offset in seconds when it is the same throughout the period, else None.
     Sampled every 6 hours and at the end: no zone changes its offset and back within that."""

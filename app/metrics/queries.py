@@ -223,7 +223,7 @@ def _group_currency(
 
 # The columns every part of `_sums_query` yields: money in reporting minor units (or in
 # `group_currency` where not converted), signed as in the ledger; then counters. `entries`
-# (ledger rows) and `tasks` tell a bucket with rows from one whose moved hours cancelled out.
+# (ledger rows) and `tasks` tell a group with rows from one whose moved hours cancelled out.
 SUM_COLUMNS = (*LEDGER_MONEY, "task_cost", "tasks", "unpriced", "entries")
 
 
@@ -298,10 +298,13 @@ def _sums_query(
         rows.c.bucket,
         rows.c.stream,
         rows.c.group_currency,
-        *[func.sum(rows.c[c]).label(c) for c in SUM_COLUMNS[:-3]],
+        *[func.sum(rows.c[c]).label(c) for c in (*LEDGER_MONEY, "task_cost")],
         # Counts come back as integers (sum() of integers is numeric in PostgreSQL).
-        *[cast(func.sum(rows.c[c]), BigInteger).label(c) for c in SUM_COLUMNS[-3:]],
+        *[cast(func.sum(rows.c[c]), BigInteger).label(c) for c in ("tasks", "unpriced")],
     ).group_by(rows.c.period, rows.c.bucket, rows.c.stream, rows.c.group_currency)
+    # A group whose rows all moved to a neighbouring bucket (`moved_hours`) has no ledger
+    # entry or task behind it, and sums of zero: the raw tables would not have it.
+    query = query.having(func.sum(rows.c.entries) + func.sum(rows.c.tasks) != 0)
     # Ordered here, cheaper than sorting the points in Python (aware datetimes compare
     # slowly); "C": by code point, as Python orders strings.
     return query.order_by(rows.c.period, rows.c.bucket, rows.c.stream.collate("C"))
@@ -319,12 +322,10 @@ def _sums(
     one round trip and one plan whatever it asks for. `raw` as in `stream_summary`."""
     query = _sums_query(tuple(periods), reporting, raw, by_bucket)
     sums: list[Sums] = [{} for _ in periods]
-    rows_behind: dict[tuple[int, datetime | None, str], int] = defaultdict(int)
     # Unpacked by position: a few thousand rows per request, and attribute access by name
     # costs more than the arithmetic.
     for period, bucket, stream, currency, *amounts in conn.execute(query).all():
-        gross, refunds, disputes, fees, task_cost, tasks, unpriced, entries = amounts
-        rows_behind[(period, bucket, stream)] += entries + tasks
+        gross, refunds, disputes, fees, task_cost, tasks, unpriced = amounts
         base = sums[period].get((bucket, stream))
         if base is None and not currency:  # the usual case: one converted row per point
             sums[period][(bucket, stream)] = BaseFigures(
@@ -355,11 +356,6 @@ def _sums(
         cost = task_cost - fees
         if cost:
             base.unconverted_cost[currency] = base.unconverted_cost.get(currency, ZERO) + cost
-    # A bucket whose rows were all moved to a neighbour (`moved_hours`) has none behind it:
-    # the raw tables would not have it either.
-    for (period, bucket, stream), count in rows_behind.items():
-        if count == 0:
-            del sums[period][(bucket, stream)]
     return sums
 
 
