@@ -8,7 +8,6 @@ import io
 import json
 import logging
 import os
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -42,10 +41,8 @@ from app.observability.logs import (
     resolved_log_format,
 )
 from app.observability.prometheus import record_export, record_stripe_call
-from app.settings import PROJECT_ROOT
 from tests import stripe_events as se
 from tests import task_costs as tc
-from tests.app.test_serve_embedded import free_port, roi_command, wait_until_healthy
 from tests.conftest import (
     HEAD,
     REVISIONS,
@@ -58,6 +55,7 @@ from tests.conftest import (
     create_database,
     drop_database,
 )
+from tests.serve import free_port, start_serve, wait_until_healthy
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -508,14 +506,7 @@ def test_metrics_are_summed_over_the_workers(database: TestDatabase, tmp_path: P
         "ROI_LOG_FORMAT": "json",
     }
     log = tmp_path / "serve.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [*roi_command(), "serve", "--port", str(port), "--workers", "2"],
-            env=env,
-            cwd=PROJECT_ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    proc = start_serve(port, env, log, "--workers", "2")
     try:
         wait_until_healthy(proc, url, log)
         # A new connection per event, until both workers have taken some (bounded).

@@ -7,36 +7,22 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from sqlalchemy import text
 
 from app.database import embedded_database_url
-from app.settings import PROJECT_ROOT, Settings
+from app.settings import Settings
 from tests import stripe_events as se
 from tests.conftest import HEAD, WebhookClient, engine_for, stop_embedded_postgres
+from tests.serve import free_port, start_serve, wait_until_healthy
 
 SECRET = "whsec_test_e2e"
 T = 1_710_072_000  # 2024-03-10 12:00:00 UTC
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def roi_command() -> list[str]:
-    script = Path(sys.executable).with_name("roi")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "app.cli"]
 
 
 @pytest.fixture
@@ -49,35 +35,13 @@ def data_dir() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def wait_until_healthy(proc: subprocess.Popen[bytes], url: str, log: Path) -> None:
-    deadline = time.monotonic() + 120
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"roi serve exited with {proc.returncode}:\n{log.read_text()}")
-        try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            pytest.fail(f"roi serve did not answer /healthz within 120 s:\n{log.read_text()}")
-        time.sleep(0.1)
-
-
 def test_roi_serve_on_the_embedded_database(data_dir: Path) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "ROI_AUTO_MIGRATE")}
     env.update(ROI_DATA_DIR=str(data_dir), STRIPE_WEBHOOK_SECRET=SECRET)
     log = data_dir / "serve.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [*roi_command(), "serve", "--port", str(port)],
-            env=env,
-            cwd=PROJECT_ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    proc = start_serve(port, env, log)
     client = WebhookClient(url)
     try:
         wait_until_healthy(proc, url, log)

@@ -28,8 +28,8 @@ from app import schema
 from app.database import embedded_database_url
 from app.settings import Settings
 from tests import stripe_events as se
-from tests.app.test_serve_embedded import free_port, roi_command, wait_until_healthy
 from tests.conftest import PRIMARY_SECRET, embedded_pg_ctl, engine_for, stop_embedded_postgres
+from tests.serve import free_port, start_serve, wait_until_healthy
 
 N = 400
 SENDERS = 8
@@ -62,14 +62,7 @@ class AppProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [*roi_command(), "serve", "--port", str(self.port)],
-                env=self.env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        self.proc = start_serve(self.port, self.env, self.log, new_session=True)
         wait_until_healthy(self.proc, f"http://127.0.0.1:{self.port}", self.log)
 
     def kill(self) -> None:

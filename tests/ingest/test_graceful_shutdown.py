@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -17,10 +16,9 @@ import httpx
 import pytest
 from sqlalchemy import text
 
-from app.settings import PROJECT_ROOT
 from tests import stripe_events as se
-from tests.app.test_serve_embedded import free_port, roi_command, wait_until_healthy
 from tests.conftest import WEBHOOK_SECRETS, TestDatabase, WebhookClient
+from tests.serve import free_port, start_serve, wait_until_healthy
 
 
 def wait_for(condition: Callable[[], bool], what: str, timeout: float = 15) -> None:
@@ -48,14 +46,7 @@ def test_an_event_in_flight_is_answered_2xx_on_sigterm(
     env = {**os.environ, "DATABASE_URL": database.url, "STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRETS}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     log = tmp_path / "serve.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [*roi_command(), "serve", "--port", str(port)],
-            env=env,
-            cwd=PROJECT_ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    proc = start_serve(port, env, log)
     event = se.charge_succeeded(charge=se.charge())
     answers: list[httpx.Response] = []
     client = WebhookClient(url)
