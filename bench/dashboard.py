@@ -48,6 +48,7 @@ from bench.metrics import (  # noqa: E402  (after the path set-up)
     Timing,
     busy_cores,
     free_port,
+    local_admin_url,
     machine_cpu,
     migrate,
     say,
@@ -59,7 +60,6 @@ from bench.metrics import (  # noqa: E402  (after the path set-up)
 from tests import stripe_events as se  # noqa: E402  (Stripe-shaped, signed events)
 
 OUT = ROOT / "bench" / "out" / "dashboard"
-DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 SECRET = "whsec_bench_dashboard"
 FIRST_RENDER_TARGET_MS = 1500.0
 LIVE_P95_TARGET_MS = 1000.0
@@ -203,7 +203,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> bool:
     OUT.mkdir(parents=True, exist_ok=True)
-    admin = DEFAULT_ADMIN_URL
+    admin = local_admin_url()
     with scratch_database(admin, args.keep or args.seed_only, args.reuse) as (name, url):
         migrate(url, OUT / "migrate.log")
         if not args.reuse:

@@ -38,17 +38,17 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as `python bench/export.py` from anywhere
     sys.path.insert(0, str(ROOT))
 
 from bench.metrics import (  # noqa: E402
-    DEFAULT_ADMIN_URL,
     App,
     BenchError,
     free_port,
+    local_admin_url,
     migrate,
     say,
     scratch_database,
@@ -193,9 +193,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    admin_url = os.environ.get("DATABASE_URL") or DEFAULT_ADMIN_URL
-    if urlsplit(admin_url).hostname not in ("127.0.0.1", "localhost", "::1"):
-        raise BenchError(f"DATABASE_URL must point at this machine (127.0.0.1), not {admin_url}")
+    admin_url = local_admin_url()
     OUT.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}}
     now = datetime.now(UTC).replace(microsecond=0)

@@ -360,6 +360,15 @@ def with_database(url: str, dbname: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, "/" + dbname, parts.query, parts.fragment))
 
 
+def local_admin_url() -> str:
+    """The admin connection that creates and drops scratch databases: `DATABASE_URL`, else the
+    machine's server; refused unless it is on this machine (benchmarks stay on loopback)."""
+    admin_url = os.environ.get("DATABASE_URL") or DEFAULT_ADMIN_URL
+    if urlsplit(admin_url).hostname not in ("127.0.0.1", "localhost", "::1"):
+        raise BenchError(f"DATABASE_URL must point at this machine (127.0.0.1), not {admin_url}")
+    return admin_url
+
+
 def admin_execute(admin_url: str, sql: str) -> None:
     with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as conn:
         conn.execute(sql)  # type: ignore[arg-type]
@@ -785,9 +794,7 @@ def bounded(seconds: float) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    admin_url = os.environ.get("DATABASE_URL") or DEFAULT_ADMIN_URL
-    if urlsplit(admin_url).hostname not in ("127.0.0.1", "localhost", "::1"):
-        raise BenchError(f"DATABASE_URL must point at this machine (127.0.0.1), not {admin_url}")
+    admin_url = local_admin_url()
     OUT.mkdir(parents=True, exist_ok=True)
     zones = [z.strip() for z in args.zones.split(",") if z.strip()]
     bounded(args.max_minutes * 60)
