@@ -28,21 +28,31 @@ time columns are not, so `-12.34` stays a negative number (a number cannot carry
 
 from __future__ import annotations
 
+import bisect
+import contextlib
 import csv
 import io
-from collections.abc import Callable, Generator, Iterator
+import itertools
+import logging
+import tempfile
+import threading
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+import psycopg
+from psycopg import sql
 from sqlalchemy import (
+    Column,
     ColumnElement,
     Connection,
     Engine,
     Select,
     String,
     and_,
+    bindparam,
     case,
     cast,
     func,
@@ -59,6 +69,8 @@ from app.metrics.queries import stream_timeseries
 from app.models import execution_tasks, ledger_entries
 from app.money import exponent
 
+log = logging.getLogger(__name__)
+
 # The origin `date_bin` counts whole seconds from. Before every real instant: PostgreSQL 16.2
 # (the embedded server's version) bins instants before the origin one second early, so with
 # 2000-01-01 a whole second in 1970 was written with fractions.
@@ -69,6 +81,8 @@ FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 # (a thread hop, a socket write) vanish, small enough that memory stays flat.
 CHUNK_BYTES = 256 * 1024
 EXPORTS = ("ledger", "streams", "tasks")
+# The names of the bind parameters holding the period of the ledger and tasks exports.
+PERIOD_START, PERIOD_END = "period_start", "period_end"
 
 
 def neutralised(text: str) -> str:
@@ -164,9 +178,18 @@ def _converted_columns(
     )
 
 
+def _in_period(time: ColumnElement[datetime], f: MetricsFilter) -> list[ColumnElement[bool]]:
+    """[f.start, f.end) on `time`, as two named parameters: a segmented export runs one compiled
+    statement over each of its periods by changing only these (`_segmented_csv`)."""
+    return [
+        time >= bindparam(PERIOD_START, f.start, type_=time.type),
+        time < bindparam(PERIOD_END, f.end, type_=time.type),
+    ]
+
+
 def _ledger_filter(f: MetricsFilter) -> list[ColumnElement[bool]]:
     le = ledger_entries.c
-    return [le.booked_at >= f.start, le.booked_at < f.end, _in(le.stream, f.streams)]
+    return [*_in_period(le.booked_at, f), _in(le.stream, f.streams)]
 
 
 def ledger_query(f: MetricsFilter, reporting: str) -> Select[Any]:
@@ -272,8 +295,7 @@ def tasks_query(f: MetricsFilter, reporting: str) -> Select[Any]:
         )
         .select_from(joined)
         .where(
-            x.started_at >= f.start,
-            x.started_at < f.end,
+            *_in_period(x.started_at, f),
             _in(x.stream, f.streams),
             _in(func.coalesce(x.ai_model, ""), f.ai_models),
             _in(x.task_type, f.task_types),
@@ -288,21 +310,19 @@ def _places(currency: ColumnElement[str]) -> ColumnElement[int]:
     )
 
 
-def _copy_statement(conn: Connection, query: Select[Any]) -> tuple[str, dict[str, Any]]:
-    """`COPY (query) TO STDOUT` as psycopg takes it: SQL with %(name)s placeholders, bound
-    client-side by psycopg (COPY cannot take server-side parameters)."""
+def _compiled(conn: Connection, query: Select[Any]) -> tuple[str, dict[str, Any]]:
+    """`query` as psycopg takes it: SQL with %(name)s placeholders and their values."""
     compiled = query.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
-    return f"COPY ({compiled}) TO STDOUT WITH (FORMAT csv, HEADER)", dict(compiled.params)
+    return str(compiled), dict(compiled.params)
 
 
-def copy_csv(conn: Connection, query: Select[Any], f: MetricsFilter) -> Iterator[bytes]:
-    """The rows of `query` as CSV from PostgreSQL's COPY, in chunks of about CHUNK_BYTES.
+def _copy_statement(select_sql: str, *, header: bool = True) -> str:
+    """`COPY (select_sql) TO STDOUT`, its parameters bound client-side by psycopg (COPY cannot
+    take server-side parameters)."""
+    return f"COPY ({select_sql}) TO STDOUT WITH (FORMAT csv{', HEADER' if header else ''})"
 
-    COPY hands over one row at a time; gathering them here keeps the number of writes (and,
-    over HTTP, of thread hops) per export small while memory stays at one chunk."""
-    statement, params = _copy_statement(conn, query)
-    driver = conn.connection.driver_connection
-    assert driver is not None
+
+def _prepare_session(conn: Connection, f: MetricsFilter) -> None:
     # Times are written in the filter's zone; LOCAL: only for this transaction, so a pooled
     # connection goes back as it was. COPY writes in the client encoding: make it UTF-8.
     # No JIT: the planner prices the ledger's FX lookup as if every row ran it (it cannot see
@@ -313,6 +333,20 @@ def copy_csv(conn: Connection, query: Select[Any], f: MetricsFilter) -> Iterator
         " set_config('jit', 'off', true)",
         {"tz": f.tz.key},
     )
+
+
+def _driver(conn: Connection) -> psycopg.Connection[Any]:
+    driver = conn.connection.driver_connection
+    assert isinstance(driver, psycopg.Connection)
+    return driver
+
+
+def _copy_chunks(
+    driver: psycopg.Connection[Any], statement: str, params: dict[str, Any]
+) -> Generator[bytes]:
+    """The output of the COPY `statement` in chunks of about CHUNK_BYTES. COPY hands over one
+    row at a time; gathering them keeps the number of writes (and, over HTTP, of thread hops)
+    per export small while memory stays at one chunk."""
     with driver.cursor() as cursor, cursor.copy(statement, params) as copy:
         buffer = bytearray()
         for data in copy:
@@ -322,6 +356,267 @@ def copy_csv(conn: Connection, query: Select[Any], f: MetricsFilter) -> Iterator
                 buffer.clear()
         if buffer:
             yield bytes(buffer)
+
+
+# ---------------------------------------------------------------------------------------------
+# Segmented exports: one export COPYed in consecutive periods, on two connections at once
+
+# How many periods a large ledger or tasks export is cut into, each COPYed on a connection of
+# its own at the same time. PostgreSQL formats the cells on one core per COPY, and that, not
+# Python, is what an export waits for (docs/performance.md, "CSV export"); the machines here
+# have 2 cores.
+SEGMENTS = 2
+# Below this many rows (PostgreSQL's estimate) an export is one plain COPY: there a second
+# connection, a snapshot and a thread would cost about what they save.
+SEGMENTED_MIN_ROWS = 100_000
+# A later segment waits for its turn in a temporary file; this much of it may stay in memory.
+SPOOL_MEMORY_BYTES = 4 * 1024 * 1024
+# Segmented exports at once in this process: one. A second at the same time would find the
+# cores busy with the first, so it could only lose, and this bounds what exports take from the
+# connection pool (`ROI_DB_POOL_SIZE`) to one connection each plus one. An export that finds
+# the slot taken is one plain COPY, as before.
+_segmented_slots = threading.BoundedSemaphore(1)
+
+
+@dataclass(frozen=True)
+class _TimeOrdered:
+    """A COPY export whose rows are ordered by `time` first and selected by
+    `f.start <= time < f.end` through the PERIOD_START and PERIOD_END parameters: its
+    statement over consecutive periods gives consecutive runs of its rows."""
+
+    time: Column[datetime]
+    query: Callable[[MetricsFilter, str], Select[Any]]
+
+
+TIME_ORDERED = {
+    "ledger": _TimeOrdered(ledger_entries.c.booked_at, ledger_query),
+    "tasks": _TimeOrdered(execution_tasks.c.started_at, tasks_query),
+}
+
+
+@dataclass(frozen=True)
+class SegmentPlan:
+    """How an export is cut: the instants between consecutive segments (none: one COPY), and
+    PostgreSQL's estimate of its rows (from its statistics, as for a query plan)."""
+
+    cuts: tuple[datetime, ...]
+    estimated_rows: int
+
+
+def equal_row_cuts(
+    bounds: Sequence[datetime], start: datetime, end: datetime, parts: int
+) -> tuple[datetime, ...]:
+    """Up to `parts - 1` instants cutting [start, end) into periods of about equal rows, read
+    off a histogram of the time column (`bounds`, as `pg_stats.histogram_bounds`: an equal
+    share of the rows between each pair of neighbours, spread evenly in between, as the
+    planner assumes). Increasing and strictly inside (start, end); none when the histogram
+    knows nothing of the period. Any instants are correct cuts (the periods are half-open, so
+    each row falls in exactly one, ties at a cut in the later); good ones balance the work."""
+    buckets = len(bounds) - 1
+    if buckets < 1 or parts < 2:
+        return ()
+
+    def share_before(t: datetime) -> float:
+        if t <= bounds[0]:
+            return 0.0
+        if t >= bounds[-1]:
+            return 1.0
+        j = bisect.bisect_right(bounds, t) - 1  # bounds[j] <= t < bounds[j + 1]
+        return (j + (t - bounds[j]) / (bounds[j + 1] - bounds[j])) / buckets
+
+    def instant_at(share: float) -> datetime:
+        j = min(int(share * buckets), buckets - 1)
+        return bounds[j] + (bounds[j + 1] - bounds[j]) * (share * buckets - j)
+
+    first, last = share_before(start), share_before(end)
+    cuts: list[datetime] = []
+    for k in range(1, parts):
+        cut = instant_at(first + (last - first) * k / parts)
+        if start < cut < end and (not cuts or cut > cuts[-1]):
+            cuts.append(cut)
+    return tuple(cuts)
+
+
+def plan_segments(
+    conn: Connection,
+    time: Column[datetime],
+    select_sql: str,
+    params: dict[str, Any],
+    f: MetricsFilter,
+) -> SegmentPlan:
+    """Where to cut the export `select_sql` (over `f`'s period) into SEGMENTS periods of about
+    equal rows, from PostgreSQL's statistics alone: its row estimate for the statement and
+    the histogram of `time`. A few milliseconds, where counting the rows or finding the middle
+    one would read an index entry per row (0.1-0.2 s per million). Without statistics (a table
+    never ANALYZEd) there is no histogram, so no cut: one COPY."""
+    plan = conn.exec_driver_sql("EXPLAIN (FORMAT JSON) " + select_sql, params).scalar_one()
+    estimated = int(plan[0]["Plan"]["Plan Rows"])
+    if estimated < SEGMENTED_MIN_ROWS:
+        return SegmentPlan((), estimated)
+    bounds = conn.exec_driver_sql(
+        "SELECT histogram_bounds::text::timestamptz[] FROM pg_stats"
+        " WHERE schemaname = current_schema() AND tablename = %(table)s"
+        " AND attname = %(column)s AND NOT inherited",
+        {"table": time.table.name, "column": time.name},
+    ).scalar()
+    return SegmentPlan(equal_row_cuts(bounds or (), f.start, f.end, SEGMENTS), estimated)
+
+
+class ExportAbandoned(Exception):
+    """The reader of a segmented export gave up (its `abandoned` event was set) while the export
+    waited for a later segment: nothing more will be read."""
+
+
+class _Stopped(Exception):
+    """Raised inside a segment's COPY to leave it early (psycopg then cancels it)."""
+
+
+class _SpooledSegment:
+    """A later segment of a segmented export: COPYed on a connection of its own, in the
+    snapshot exported by the export's first connection (so all segments read the same data),
+    into a temporary file while the segments before it stream out, and written out in turn.
+
+    Its thread holds the connection from checkout to return. `stop` cancels the COPY from the
+    caller's thread, only while that COPY runs (so a cancel cannot hit what the connection does
+    next), then waits for the thread, so the connection is back in the pool when it returns."""
+
+    def __init__(self, engine: Engine, statement: str, params: dict[str, Any],
+                 f: MetricsFilter, snapshot: str) -> None:  # fmt: skip
+        # Closed by `stop`: the file lives as long as the segment, not this call.
+        self.file = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY_BYTES)  # noqa: SIM115
+        # Set once the connection is in the snapshot and the COPY is sent, or on an error.
+        self.ready = threading.Event()
+        self.error: BaseException | None = None
+        self._done = threading.Event()
+        self._lock = threading.Lock()
+        self._copying: psycopg.Connection[Any] | None = None
+        self._stopped = False
+        self._thread = threading.Thread(
+            target=self._run, args=(engine, statement, params, f, snapshot),
+            name="export-segment", daemon=True,
+        )  # fmt: skip
+        self._thread.start()
+
+    def _run(self, engine: Engine, statement: str, params: dict[str, Any],
+             f: MetricsFilter, snapshot: str) -> None:  # fmt: skip
+        try:
+            with engine.connect() as conn:
+                conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                driver = _driver(conn)
+                driver.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+                _prepare_session(conn, f)
+                with self._lock:
+                    if self._stopped:
+                        return
+                    self._copying = driver
+                try:
+                    self.ready.set()
+                    for chunk in _copy_chunks(driver, statement, params):
+                        if self._stopped:
+                            raise _Stopped
+                        self.file.write(chunk)
+                finally:
+                    with self._lock:
+                        self._copying = None
+        except BaseException as exc:  # for the export's reader, which raises it
+            if not self._stopped:
+                self.error = exc
+        finally:
+            self.ready.set()
+            self._done.set()
+
+    def raise_error(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def chunks(self, abandoned: threading.Event | None) -> Iterator[bytes]:
+        """The segment's CSV once its COPY has ended, or its error. While it waits, a reader
+        that gave up (`abandoned`) gets ExportAbandoned within a tenth of a second."""
+        while not self._done.wait(0.1):
+            if abandoned is not None and abandoned.is_set():
+                raise ExportAbandoned
+        self.raise_error()
+        self.file.seek(0)
+        while block := self.file.read(CHUNK_BYTES):
+            yield block
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+        # Again each second while the COPY runs: a cancel that reached the server before the
+        # COPY did (it was being sent) is ignored there.
+        while self._thread.is_alive():
+            with self._lock:
+                if self._copying is not None:
+                    try:
+                        self._copying.cancel_safe(timeout=5)
+                    except psycopg.Error as exc:  # the COPY then runs to its end
+                        log.warning("could not cancel an export segment's COPY: %s", exc)
+            self._thread.join(1)
+        self.file.close()
+
+
+def _segmented_csv(
+    engine: Engine,
+    conn: Connection,
+    select_sql: str,
+    params: dict[str, Any],
+    f: MetricsFilter,
+    cuts: Sequence[datetime],
+    abandoned: threading.Event | None,
+) -> Iterator[bytes]:
+    """The export `select_sql` as one COPY per period between `cuts`, all at once: the first on
+    `conn` (in its REPEATABLE READ transaction), streamed as it comes; each later one on a
+    connection of its own that imports `conn`'s snapshot, spooled until its turn. The bytes of
+    one COPY of the whole period: one header, then the rows in order. An error in any segment
+    is raised here; closing the generator cancels every COPY and gives every connection back."""
+    periods = [
+        {**params, PERIOD_START: start, PERIOD_END: end}
+        for start, end in itertools.pairwise([f.start, *cuts, f.end])
+    ]
+    snapshot = conn.exec_driver_sql("SELECT pg_export_snapshot()").scalar_one()
+    rest = _copy_statement(select_sql, header=False)
+    later: list[_SpooledSegment] = []
+    try:
+        later.extend(_SpooledSegment(engine, rest, p, f, snapshot) for p in periods[1:])
+        _prepare_session(conn, f)
+        first = _copy_chunks(_driver(conn), _copy_statement(select_sql), periods[0])
+        with contextlib.closing(first):
+            for n, chunk in enumerate(first):
+                if n == 0:
+                    # Before the first byte leaves (the API answers with its status then): the
+                    # other segments have a connection in the snapshot, or their error is the
+                    # export's.
+                    for segment in later:
+                        segment.ready.wait()
+                for segment in later:
+                    segment.raise_error()
+                yield chunk
+        for segment in later:
+            yield from segment.chunks(abandoned)
+    finally:
+        for segment in later:
+            segment.stop()
+
+
+def _time_ordered_csv(
+    engine: Engine,
+    conn: Connection,
+    export: _TimeOrdered,
+    f: MetricsFilter,
+    reporting: str,
+    abandoned: threading.Event | None,
+) -> Iterator[bytes]:
+    select_sql, params = _compiled(conn, export.query(f, reporting))
+    plan = plan_segments(conn, export.time, select_sql, params, f)
+    if plan.cuts and _segmented_slots.acquire(blocking=False):
+        try:
+            yield from _segmented_csv(engine, conn, select_sql, params, f, plan.cuts, abandoned)
+        finally:
+            _segmented_slots.release()
+    else:
+        _prepare_session(conn, f)
+        yield from _copy_chunks(_driver(conn), _copy_statement(select_sql), params)
 
 
 STREAM_COLUMNS = (
@@ -371,20 +666,29 @@ class ExportRequest:
         return f"roi-{self.name}-{start}-{end}.csv"
 
 
-def export_csv(engine: Engine, request: ExportRequest) -> Generator[bytes]:
-    """The CSV bytes of `request`, in chunks, read in one transaction on one connection (a
-    consistent snapshot however long the download takes), rolled back and returned to the
-    pool at the end or when the reader stops early (closing the generator cancels the COPY)."""
+def export_csv(
+    engine: Engine,
+    request: ExportRequest,
+    *,
+    abandoned: threading.Event | None = None,
+) -> Generator[bytes]:
+    """The CSV bytes of `request`, in chunks, read in one snapshot (REPEATABLE READ: consistent
+    however long the download takes). A large ledger or tasks export is COPYed in segments on
+    two connections at once (`_segmented_csv`), any other on one. Every connection is rolled
+    back and returned to the pool at the end, or when the reader stops early (closing the
+    generator cancels the COPYs).
+
+    `abandoned`: set, from another thread, by a reader that will read no more (a client that
+    hung up). Closing the generator needs it suspended, which it is not while it waits for a
+    later segment; there it raises ExportAbandoned instead, so it can be closed at once."""
     f, reporting = request.filter, request.reporting
-    writers: dict[str, Callable[[Connection], Iterator[bytes]]] = {
-        "ledger": lambda conn: copy_csv(conn, ledger_query(f, reporting), f),
-        "tasks": lambda conn: copy_csv(conn, tasks_query(f, reporting), f),
-        "streams": lambda conn: streams_csv(conn, f, reporting),
-    }
-    write = writers[request.name]
     with engine.connect() as conn:
         conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        yield from write(conn)
+        if request.name in TIME_ORDERED:
+            export = TIME_ORDERED[request.name]
+            yield from _time_ordered_csv(engine, conn, export, f, reporting, abandoned)
+        else:
+            yield from streams_csv(conn, f, reporting)
 
 
 def count_rows(engine: Engine, request: ExportRequest) -> int | None:

@@ -9,6 +9,7 @@ yields, the same bytes as `roi export`. Format, numbers and formula-injection ha
 from __future__ import annotations
 
 import itertools
+import threading
 from collections.abc import Generator
 from typing import Any
 
@@ -20,7 +21,7 @@ from starlette.types import Receive, Scope, Send
 from app.api.metrics import Filter
 from app.audit import record_audit
 from app.auth import current_principal
-from app.exports import ExportRequest, export_csv
+from app.exports import ExportAbandoned, ExportRequest, export_csv
 from app.metrics.filters import MetricsFilter
 
 router = APIRouter(prefix="/api/export", tags=["exports"])
@@ -37,7 +38,8 @@ def start_export(request: Request, name: str, f: MetricsFilter) -> CsvResponse:
     export = ExportRequest(
         name=name, filter=f, reporting=request.app.state.settings.reporting_currency
     )
-    chunks = export_csv(request.app.state.engine, export)
+    abandoned = threading.Event()
+    chunks = export_csv(request.app.state.engine, export, abandoned=abandoned)
     first = next(chunks)
     # Written once the export has started and before its first byte leaves: no export
     # without its audit row (the role itself was checked by the access policy: finance).
@@ -47,6 +49,7 @@ def start_export(request: Request, name: str, f: MetricsFilter) -> CsvResponse:
     return CsvResponse(
         first,
         chunks,
+        abandoned,
         headers={
             "Content-Disposition": f'attachment; filename="{export.filename}"',
             # Finance data: not for shared caches, nor the browser's.
@@ -70,18 +73,35 @@ def export_filters(f: MetricsFilter) -> dict[str, Any]:
 
 class CsvResponse(StreamingResponse):
     """A streamed CSV whose chunk generator is closed as soon as the response ends, however it
-    ends: a client that hangs up mid-download must not leave its COPY running and its pooled
-    connection checked out until the garbage collector happens to find the generator."""
+    ends: a client that hangs up mid-download must not leave its COPYs running and its pooled
+    connections checked out until the garbage collector happens to find the generator.
 
-    def __init__(self, first: bytes, rest: Generator[bytes], headers: dict[str, str]) -> None:
+    Starlette waits for the chunk being read before it stops; a segmented export waiting for
+    a later segment's COPY would make that wait as long as the COPY, so a hang-up also sets
+    `abandoned`, on which the export stops waiting (ExportAbandoned)."""
+
+    def __init__(
+        self,
+        first: bytes,
+        rest: Generator[bytes],
+        abandoned: threading.Event,
+        headers: dict[str, str],
+    ) -> None:
         super().__init__(
             itertools.chain((first,), rest), media_type="text/csv; charset=utf-8", headers=headers
         )
         self.rest = rest
+        self.abandoned = abandoned
+
+    async def listen_for_disconnect(self, receive: Receive) -> None:
+        await super().listen_for_disconnect(receive)
+        self.abandoned.set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
+        except ExportAbandoned:
+            pass  # the client is gone: nobody to answer
         finally:
             # No thread is inside the generator any more (Starlette waits for it); closing it
             # cancels the COPY and returns the connection. Shielded: this runs on cancellation.
