@@ -53,7 +53,7 @@ def export(
     The file appears under its name only once complete (it is written beside it first), so a
     failed or interrupted export never leaves a truncated file that looks whole."""
     from app.database import make_engine
-    from app.exports import ExportRequest, count_rows, export_csv  # the app's stack: only here
+    from app.exports import ExportRequest, export_csv  # the app's stack: only here
 
     settings = get_settings()
     try:
@@ -75,13 +75,15 @@ def export(
     engine = make_engine(settings)
     partial = output.with_name(output.name + ".partial")
     try:
-        total = count_rows(engine, request) if progress else None
         with (
             partial.open("wb") as file,
-            tqdm(total=total, unit=" rows", disable=not progress, leave=False) as bar,
+            tqdm(unit=" rows", disable=not progress, leave=False) as bar,
         ):
             header = True
-            for chunk in export_csv(engine, request):
+            # The bar's total is PostgreSQL's estimate of the rows, from its statistics (close
+            # while autovacuum keeps them fresh): it comes with planning the export for free,
+            # where counting first would read an index entry per row (0.1 s per million).
+            for chunk in export_csv(engine, request, on_row_estimate=bar.reset):
                 file.write(chunk)
                 rows = chunk.count(b"\n") - header  # a line break inside a quoted cell, too
                 header = False

@@ -62,10 +62,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.types import Date
 
-from app.api.metrics import figure_set
 from app.metrics.conversion import FX, Amount, by_exponent, fx_rate_of, with_fx_rate
 from app.metrics.filters import MetricsFilter
-from app.metrics.queries import stream_timeseries
 from app.models import execution_tasks, ledger_entries
 from app.money import exponent
 
@@ -605,10 +603,13 @@ def _time_ordered_csv(
     export: _TimeOrdered,
     f: MetricsFilter,
     reporting: str,
+    on_row_estimate: Callable[[int], None] | None,
     abandoned: threading.Event | None,
 ) -> Iterator[bytes]:
     select_sql, params = _compiled(conn, export.query(f, reporting))
     plan = plan_segments(conn, export.time, select_sql, params, f)
+    if on_row_estimate is not None:
+        on_row_estimate(plan.estimated_rows)
     if plan.cuts and _segmented_slots.acquire(blocking=False):
         try:
             yield from _segmented_csv(engine, conn, select_sql, params, f, plan.cuts, abandoned)
@@ -630,6 +631,10 @@ def streams_csv(conn: Connection, f: MetricsFilter, reporting: str) -> Iterator[
     them (same query, same `figure_set`); an undefined ratio is an empty cell. Its size is
     bounded by the buckets (at most MAX_BUCKETS) times the streams, so it is built from the
     metrics layer's list rather than streamed from the database."""
+    # Only here: the ledger and tasks exports (and `roi export` of them) do without FastAPI.
+    from app.api.metrics import figure_set
+    from app.metrics.queries import stream_timeseries
+
     points = stream_timeseries(conn, f, reporting)
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
@@ -670,6 +675,7 @@ def export_csv(
     engine: Engine,
     request: ExportRequest,
     *,
+    on_row_estimate: Callable[[int], None] | None = None,
     abandoned: threading.Event | None = None,
 ) -> Generator[bytes]:
     """The CSV bytes of `request`, in chunks, read in one snapshot (REPEATABLE READ: consistent
@@ -677,6 +683,11 @@ def export_csv(
     two connections at once (`_segmented_csv`), any other on one. Every connection is rolled
     back and returned to the pool at the end, or when the reader stops early (closing the
     generator cancels the COPYs).
+
+    `on_row_estimate` (for a progress bar) is called before the first chunk with PostgreSQL's
+    estimate of the data rows, from its statistics (the segments are planned from it, so it
+    costs nothing more; an exact count would read an index entry per row); not for the
+    per-stream export, whose rows only exist once the metrics layer has summed them.
 
     `abandoned`: set, from another thread, by a reader that will read no more (a client that
     hung up). Closing the generator needs it suspended, which it is not while it waits for a
@@ -686,21 +697,8 @@ def export_csv(
         conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         if request.name in TIME_ORDERED:
             export = TIME_ORDERED[request.name]
-            yield from _time_ordered_csv(engine, conn, export, f, reporting, abandoned)
+            yield from _time_ordered_csv(
+                engine, conn, export, f, reporting, on_row_estimate, abandoned
+            )
         else:
             yield from streams_csv(conn, f, reporting)
-
-
-def count_rows(engine: Engine, request: ExportRequest) -> int | None:
-    """How many data rows the export will have (for a progress bar); None for the per-stream
-    export, whose rows only exist once the metrics layer has summed them."""
-    f = request.filter
-    if request.name == "ledger":
-        query = select(func.count()).select_from(ledger_entries).where(*_ledger_filter(f))
-    elif request.name == "tasks":
-        rows = tasks_query(f, request.reporting).order_by(None).subquery()
-        query = select(func.count()).select_from(rows)
-    else:
-        return None
-    with engine.connect() as conn:
-        return int(conn.execute(query).scalar_one())

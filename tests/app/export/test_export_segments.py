@@ -408,11 +408,12 @@ def test_cuts_come_from_the_statistics_and_split_the_rows_evenly(
     with engine.connect() as conn:
         assert exports.plan_segments(conn, ledger_entries.c.booked_at, sql, params, f).cuts == ()
     # And the export planned so is still the same bytes.
+    estimates: list[int] = []
     monkeypatch.setattr(exports, "SEGMENTED_MIN_ROWS", 1_000)
     spooled = Spooled(monkeypatch)
     request = ExportRequest("ledger", f, "usd")
-    segmented = b"".join(export_csv(engine, request))
-    assert len(spooled.started) == 1
+    segmented = b"".join(export_csv(engine, request, on_row_estimate=estimates.append))
+    assert len(spooled.started) == 1 and estimates == [plan.estimated_rows]
     monkeypatch.setattr(exports, "SEGMENTED_MIN_ROWS", 10**9)
     assert segmented == export_bytes(engine, "ledger", f)
 
