@@ -20,7 +20,7 @@ from starlette.types import Receive, Scope, Send
 
 from app.api.metrics import Filter
 from app.audit import record_audit
-from app.auth import current_principal
+from app.auth.dependencies import current_principal
 from app.exports import ExportAbandoned, ExportRequest, export_csv
 from app.metrics.filters import MetricsFilter
 

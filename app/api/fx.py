@@ -9,7 +9,7 @@ from fastapi import APIRouter, Body, HTTPException, Query, Request
 from pydantic import BaseModel, Field
 
 from app.audit import record_audit
-from app.auth import current_principal
+from app.auth.dependencies import current_principal
 from app.fields import format_decimal
 from app.fx import FxRateIn, list_rates, upsert_rates, validate_rates
 

@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import Connection
 
 from app.audit import record_audit
-from app.auth import current_principal
+from app.auth.dependencies import current_principal
 from app.fields import format_decimal
 from app.periods import instant, zone
 from app.pricing import (

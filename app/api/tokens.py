@@ -9,7 +9,8 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from pydantic import BaseModel, Field
 
 from app.audit import record_audit
-from app.auth import Principal, Role, current_principal
+from app.auth import Principal, Role
+from app.auth.dependencies import current_principal
 from app.auth.tokens import TokenError, TokenInfo, create_token, list_tokens, revoke_token
 
 router = APIRouter(prefix="/api/tokens", tags=["access"])
