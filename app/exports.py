@@ -43,7 +43,8 @@ from decimal import Decimal
 from typing import Any
 
 import psycopg
-from psycopg import sql
+from psycopg import errors, generators, pq, sql
+from psycopg.abc import Buffer
 from sqlalchemy import (
     Column,
     ColumnElement,
@@ -339,6 +340,33 @@ def _driver(conn: Connection) -> psycopg.Connection[Any]:
     return driver
 
 
+def _copy_rows(driver: psycopg.Connection[Any], copy: psycopg.Copy) -> Iterator[Buffer]:
+    """The rows of a running `COPY ... TO STDOUT`, as `copy` would give them, for half the
+    Python CPU: a row libpq has already received is taken from it directly (one call), and
+    only when none has arrived does psycopg's `Copy.read` run its per-row machinery (a
+    generator driven through `wait`: about 0.8 us more per row here), waiting for the server
+    with the GIL released. That CPU counts once two COPYs and their reader share two cores.
+
+    When libpq reports the end of the COPY (a completion or an error), its result is read as
+    psycopg's own `copy_from` reads it (`fetch_many`, then `error_from_result`: the same
+    error classes), so a failed COPY raises as before. Leaving early is psycopg's business as
+    before: the COPY has not ended, so `Copy.__exit__` cancels it and drains what is left."""
+    pgconn = driver.pgconn
+    while True:
+        size, row = pgconn.get_copy_data(1)  # asynchronous: 0 when no row is there yet
+        if size > 0:
+            yield row
+        elif size == 0:
+            if not (waited := copy.read()):
+                return
+            yield waited
+        else:
+            results = driver.wait(generators.fetch_many(pgconn))
+            if len(results) != 1 or results[0].status != pq.ExecStatus.COMMAND_OK:
+                raise errors.error_from_result(results[0], encoding=driver.info.encoding)
+            return
+
+
 def _copy_chunks(
     driver: psycopg.Connection[Any], statement: str, params: dict[str, Any]
 ) -> Generator[bytes]:
@@ -347,7 +375,7 @@ def _copy_chunks(
     per export small while memory stays at one chunk."""
     with driver.cursor() as cursor, cursor.copy(statement, params) as copy:
         buffer = bytearray()
-        for data in copy:
+        for data in _copy_rows(driver, copy):
             buffer += data
             if len(buffer) >= CHUNK_BYTES:
                 yield bytes(buffer)

@@ -341,6 +341,24 @@ def test_an_error_in_a_later_segment_is_raised_and_the_connections_return(
     assert no_segment_threads()
 
 
+def test_an_error_in_a_streamed_copy_is_raised_as_psycopg_raises_it(
+    db: TestDatabase, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One COPY, read row by row from libpq (`_copy_rows`): its end is an error here.
+    a_day_with_ties(db)
+    with_column(monkeypatch, lambda booked_at: literal(1) / case((booked_at >= TIE_1, 0), else_=1))
+    cut_at(monkeypatch)
+    f = build_filter(**PERIOD, tz="UTC")
+
+    with pytest.raises(psycopg.errors.DivisionByZero) as raised:
+        export_bytes(engine, "ledger", f)
+
+    assert raised.value.diag.sqlstate == "22012"
+    assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    monkeypatch.undo()
+    assert export_bytes(engine, "ledger", f).count(b"\n") == 1 + db.count("ledger_entries")
+
+
 def test_a_later_segment_failing_to_start_is_an_error_status_not_a_cut_download(
     webhook: WebhookClient, db: TestDatabase, monkeypatch: pytest.MonkeyPatch
 ) -> None:
