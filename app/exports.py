@@ -396,7 +396,9 @@ SEGMENTS = 2
 # connection, a snapshot and a thread would cost about what they save.
 SEGMENTED_MIN_ROWS = 100_000
 # A later segment waits for its turn in a temporary file; this much of it may stay in memory.
-SPOOL_MEMORY_BYTES = 4 * 1024 * 1024
+# One chunk: a segment holds 50,000 rows or more (7 MB of ledger CSV), so it goes to disk
+# anyway, and a larger buffer only adds to the peak (4 MiB: +4 MB, and its copy on rollover).
+SPOOL_MEMORY_BYTES = CHUNK_BYTES
 # Segmented exports at once in this process: one. A second at the same time would find the
 # cores busy with the first, so it could only lose, and this bounds what exports take from the
 # connection pool (`ROI_DB_POOL_SIZE`) to one connection each plus one. An export that finds
