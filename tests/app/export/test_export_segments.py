@@ -238,11 +238,16 @@ def with_column(monkeypatch: pytest.MonkeyPatch, column: Callable[[Any], Any]) -
 
 
 def sleeping(monkeypatch: pytest.MonkeyPatch, *, first: float | None = None) -> None:
-    """The later segment's COPY (from TIE_1 on) sleeps a minute on its first row; the first
-    segment's rows take `first` seconds each (none: `pg_sleep(NULL)` is not even called)."""
+    """The later segment's COPY (from TIE_1 on) sleeps a minute on its first row only (so a
+    test that dies leaves no backend sleeping for long); the first segment's rows take `first`
+    seconds each (none: `pg_sleep(NULL)` is not even called)."""
+    first_later_row = "tie_070000000000_a"  # at TIE_1, the lowest key
+    entry_key = literal_column("movement.entry_key")
     with_column(
         monkeypatch,
-        lambda booked_at: func.pg_sleep(case((booked_at >= TIE_1, 60), else_=first)),
+        lambda booked_at: func.pg_sleep(
+            case((entry_key == first_later_row, 60), (booked_at < TIE_1, first))
+        ),
     )
 
 
