@@ -237,16 +237,30 @@ def with_column(monkeypatch: pytest.MonkeyPatch, column: Callable[[Any], Any]) -
     )
 
 
-def sleeping(monkeypatch: pytest.MonkeyPatch, *, first: float | None = None) -> None:
+FIRST_LATER_ROW = "tie_070000000000_a"  # at TIE_1, the lowest key
+
+
+def sleeping(monkeypatch: pytest.MonkeyPatch) -> None:
     """The later segment's COPY (from TIE_1 on) sleeps a minute on its first row only (so a
-    test that dies leaves no backend sleeping for long); the first segment's rows take `first`
-    seconds each (none: `pg_sleep(NULL)` is not even called)."""
-    first_later_row = "tie_070000000000_a"  # at TIE_1, the lowest key
+    test that dies leaves no backend sleeping for long)."""
     entry_key = literal_column("movement.entry_key")
     with_column(
         monkeypatch,
-        lambda booked_at: func.pg_sleep(
-            case((entry_key == first_later_row, 60), (booked_at < TIE_1, first))
+        lambda booked_at: func.pg_sleep(case((entry_key == FIRST_LATER_ROW, 60))),
+    )
+
+
+def slow_first_segment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As `sleeping`, and each row of the first segment takes 50 ms and 9 kB: more than what
+    PostgreSQL gathers before it sends (8 kB), so every row leaves the server at once and the
+    first segment streams for 4 s."""
+    tie = TIE_1.isoformat()
+    with_column(
+        monkeypatch,
+        lambda booked_at: literal_column(
+            "(SELECT repeat('x', 9000) FROM pg_sleep(CASE"
+            f" WHEN movement.entry_key = '{FIRST_LATER_ROW}' THEN 60"
+            f" WHEN movement.booked_at < '{tie}' THEN 0.05 END))"
         ),
     )
 
@@ -304,9 +318,9 @@ def test_a_download_of_a_segmented_export_cut_short_gives_its_connections_back(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     a_day_with_ties(db)
-    # The first segment's rows take a while each, so the download is still in it when the
-    # client hangs up; the later segment sleeps a minute.
-    sleeping(monkeypatch, first=0.05)
+    # The download is still in the first segment when the client hangs up; the later segment
+    # sleeps a minute.
+    slow_first_segment(monkeypatch)
     monkeypatch.setattr(exports, "CHUNK_BYTES", 100)
     cut_at(monkeypatch, TIE_1)
     engine = live_server.app.state.engine
@@ -321,6 +335,32 @@ def test_a_download_of_a_segmented_export_cut_short_gives_its_connections_back(
         assert wait_until(lambda: active_sleeps(db) == 2)
     # Hung up while the first segment streams and the later one sleeps: the server notices,
     # and both COPYs are cancelled (the later one instead of sleeping out its minute).
+    assert wait_until(lambda: engine.pool.checkedout() == before)
+    assert active_sleeps(db) == 0
+    assert wait_until(no_segment_threads)
+
+
+def test_a_client_hanging_up_while_the_export_waits_for_a_later_segment_is_not_waited_for(
+    webhook: WebhookClient,
+    db: TestDatabase,
+    live_server: LiveServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    a_day_with_ties(db)
+    sleeping(monkeypatch)  # the first segment is sent at once; the later one sleeps a minute
+    cut_at(monkeypatch, TIE_1)
+    engine = live_server.app.state.engine
+    before = engine.pool.checkedout()
+
+    with (
+        httpx.Client(base_url=webhook.base_url, headers=webhook.http.headers) as http,
+        http.stream("GET", "/api/export/ledger.csv", params=PERIOD) as response,
+    ):
+        assert response.status_code == 200
+        next(response.iter_raw())
+        assert wait_until(lambda: active_sleeps(db) == 1)
+    # The server was waiting for the later segment, inside the generator, where it cannot be
+    # closed: the hang-up sets `abandoned`, so it stops waiting instead of sleeping it out.
     assert wait_until(lambda: engine.pool.checkedout() == before)
     assert active_sleeps(db) == 0
     assert wait_until(no_segment_threads)
