@@ -52,10 +52,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.types import Date
 
-from app.api.metrics import figure_set
+from app.api.metrics import presented_points
 from app.metrics.conversion import FX, Amount, by_exponent, fx_rate_of, with_fx_rate
 from app.metrics.filters import MetricsFilter
-from app.metrics.queries import stream_timeseries
 from app.models import execution_tasks, ledger_entries
 from app.money import exponent
 
@@ -332,21 +331,19 @@ STREAM_COLUMNS = (
 
 def streams_csv(conn: Connection, f: MetricsFilter, reporting: str) -> Iterator[bytes]:
     """Per stream and bucket, the figures exactly as `GET /api/metrics/timeseries` presents
-    them (same query, same `figure_set`); an undefined ratio is an empty cell. Its size is
+    them (the same `presented_points`); an undefined ratio is an empty cell. Its size is
     bounded by the buckets (at most MAX_BUCKETS) times the streams, so it is built from the
     metrics layer's list rather than streamed from the database."""
-    points = stream_timeseries(conn, f, reporting)
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(STREAM_COLUMNS)
-    for point in points:
-        presented = figure_set(point.figures, point.base, reporting)
+    for point in presented_points(conn, f, reporting):
         writer.writerow(
             [
-                point.bucket.astimezone(f.tz).isoformat(),
-                neutralised(point.stream),
+                point["bucket"].isoformat(),
+                neutralised(point["stream"]),
                 reporting,
-                *["" if presented[c] is None else presented[c] for c in STREAM_COLUMNS[3:]],
+                *["" if point[c] is None else point[c] for c in STREAM_COLUMNS[3:]],
             ]
         )
         if out.tell() >= CHUNK_BYTES:
