@@ -1074,21 +1074,27 @@ def seed_history(url: str, events: list[tuple[str, str]]) -> float:
     return time.monotonic() - started
 
 
+def send_all(
+    args: argparse.Namespace,
+    events: list[tuple[str, str]],
+    req_dir: Path,
+    port: int,
+    **load: Any,
+) -> tuple[LoadResult, int]:
+    """Sign `events` now and send each once with wrk (`run_wrk`, with `load` passed on); the
+    result and the mean body size."""
+    signed_at, size = write_requests(events, req_dir, port, args.wrk_threads)
+    bound = load_bound(args.max_seconds, signed_at)
+    return run_wrk(req_dir, port, args.wrk_threads, args.connections, bound, **load), size
+
+
 def http_ceiling(args: argparse.Namespace, events: list[tuple[str, str]], out: Path) -> LoadResult:
     """The measured phase's events sent the same way to `BareApp`: what the HTTP layer alone
     answers per second here, now (no signature, no JSON, no database)."""
     bare = BareApp("", free_port(), args.workers, out / "bare.log")
     try:
         bare.start()
-        signed_at, _ = write_requests(events, out / "ceiling", bare.port, args.wrk_threads)
-        result = run_wrk(
-            out / "ceiling",
-            bare.port,
-            args.wrk_threads,
-            args.connections,
-            load_bound(args.max_seconds, signed_at),
-            watch=bare,
-        )
+        result, _ = send_all(args, events, out / "ceiling", bare.port, watch=bare)
     finally:
         bare.stop()
     if not result.complete or result.bad:
@@ -1262,16 +1268,8 @@ def main(argv: list[str] | None = None) -> int:
             workers = app.worker_pids()
             say(f"app up on 127.0.0.1:{app.port}, worker pids {workers}")
 
-            signed_at, size = write_requests(
-                warm.events, out / "warmup", app.port, args.wrk_threads
-            )
-            warm_load = run_wrk(
-                out / "warmup",
-                app.port,
-                args.wrk_threads,
-                args.connections,
-                load_bound(args.max_seconds, signed_at),
-                capture=args.capture_errors,
+            warm_load, size = send_all(
+                args, warm.events, out / "warmup", app.port, capture=args.capture_errors
             )
             if not warm_load.complete:
                 raise BenchError(
