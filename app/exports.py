@@ -673,25 +673,22 @@ STREAM_COLUMNS = (
 
 def streams_csv(conn: Connection, f: MetricsFilter, reporting: str) -> Iterator[bytes]:
     """Per stream and bucket, the figures exactly as `GET /api/metrics/timeseries` presents
-    them (same query, same `figure_set`); an undefined ratio is an empty cell. Its size is
+    them (the same `presented_points`); an undefined ratio is an empty cell. Its size is
     bounded by the buckets (at most MAX_BUCKETS) times the streams, so it is built from the
     metrics layer's list rather than streamed from the database."""
     # Only here: the ledger and tasks exports (and `roi export` of them) do without FastAPI.
-    from app.api.metrics import figure_set
-    from app.metrics.queries import stream_timeseries
+    from app.api.metrics import presented_points
 
-    points = stream_timeseries(conn, f, reporting)
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(STREAM_COLUMNS)
-    for point in points:
-        presented = figure_set(point.figures, point.base, reporting)
+    for point in presented_points(conn, f, reporting):
         writer.writerow(
             [
-                point.bucket.astimezone(f.tz).isoformat(),
-                neutralised(point.stream),
+                point["bucket"].isoformat(),
+                neutralised(point["stream"]),
                 reporting,
-                *["" if presented[c] is None else presented[c] for c in STREAM_COLUMNS[3:]],
+                *["" if point[c] is None else point[c] for c in STREAM_COLUMNS[3:]],
             ]
         )
         if out.tell() >= CHUNK_BYTES:

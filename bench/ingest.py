@@ -450,8 +450,8 @@ class App:
         self.env.update(DATABASE_URL=database_url, STRIPE_WEBHOOK_SECRET=WEBHOOK_SECRET)
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 60.0) -> None:
-        cmd = [
+    def command(self) -> list[str]:
+        return [
             str(VENV_BIN / "roi"),
             "serve",
             "--host",
@@ -461,6 +461,9 @@ class App:
             "--workers",
             str(self.workers),
         ]
+
+    def start(self, timeout: float = 60.0) -> None:
+        cmd = self.command()
         log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
             cmd,
@@ -517,6 +520,41 @@ class App:
 
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+class BareApp(App):
+    """bench/bare_webhook.py on uvicorn, as `roi serve` runs the app: the HTTP layer's ceiling.
+    It has no /healthz: `start` waits for the port, then for the workers."""
+
+    def command(self) -> list[str]:
+        return [
+            str(VENV_BIN / "uvicorn"),
+            "bench.bare_webhook:app",
+            *("--host", "127.0.0.1", "--port", str(self.port), "--workers", str(self.workers)),
+            *("--no-access-log", "--log-level", "warning"),
+        ]
+
+    def start(self, timeout: float = 60.0) -> None:
+        cmd = self.command()
+        log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise BenchError(f"uvicorn exited with {self.proc.returncode}:\n{self.log_tail()}")
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=1),
+            ):
+                if len(self.worker_pids()) >= self.workers:
+                    time.sleep(0.5)  # both workers importing FastAPI: let them finish
+                    return
+            time.sleep(0.2)
+        raise BenchError(f"uvicorn did not listen on {self.port} within {timeout:.0f} s")
 
 
 def cpu_times(pids: list[int]) -> dict[int, tuple[float, float]]:
@@ -1036,6 +1074,41 @@ def seed_history(url: str, events: list[tuple[str, str]]) -> float:
     return time.monotonic() - started
 
 
+def send_all(
+    args: argparse.Namespace,
+    events: list[tuple[str, str]],
+    req_dir: Path,
+    port: int,
+    **load: Any,
+) -> tuple[LoadResult, int]:
+    """Sign `events` now and send each once with wrk (`run_wrk`, with `load` passed on); the
+    result and the mean body size."""
+    signed_at, size = write_requests(events, req_dir, port, args.wrk_threads)
+    bound = load_bound(args.max_seconds, signed_at)
+    return run_wrk(req_dir, port, args.wrk_threads, args.connections, bound, **load), size
+
+
+def http_ceiling(args: argparse.Namespace, events: list[tuple[str, str]], out: Path) -> LoadResult:
+    """The measured phase's events sent the same way to `BareApp`: what the HTTP layer alone
+    answers per second here, now (no signature, no JSON, no database)."""
+    bare = BareApp("", free_port(), args.workers, out / "bare.log")
+    try:
+        bare.start()
+        result, _ = send_all(args, events, out / "ceiling", bare.port, watch=bare)
+    finally:
+        bare.stop()
+    if not result.complete or result.bad:
+        raise BenchError(
+            f"the HTTP ceiling run failed: {result.received}/{result.sent} answered, "
+            f"{result.bad} non-2xx, wrk errors {result.errors}"
+        )
+    say(
+        f"HTTP ceiling (bench/bare_webhook.py, same uvicorn, same wrk load): "
+        f"{result.rate:.0f} requests/s, p99 {result.latency_us['p99'] / 1000:.1f} ms"
+    )
+    return result
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--events", type=int, default=30000, help="events measured (default 30000)")
@@ -1080,6 +1153,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--out", type=Path, default=BENCH / "out" / "ingest", help="logs, requests")
     p.add_argument("--json", type=Path, help="also write the figures to this file")
+    p.add_argument(
+        "--ceiling",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also measure the HTTP layer alone (bench/bare_webhook.py) under the same load",
+    )
     p.add_argument("--py-spy", action="store_true", help="profile the workers during the load")
     p.add_argument("--py-spy-rate", type=int, default=250)
     p.add_argument("--py-spy-args", default="", help="more py-spy record options, e.g. --native")
@@ -1189,16 +1268,8 @@ def main(argv: list[str] | None = None) -> int:
             workers = app.worker_pids()
             say(f"app up on 127.0.0.1:{app.port}, worker pids {workers}")
 
-            signed_at, size = write_requests(
-                warm.events, out / "warmup", app.port, args.wrk_threads
-            )
-            warm_load = run_wrk(
-                out / "warmup",
-                app.port,
-                args.wrk_threads,
-                args.connections,
-                load_bound(args.max_seconds, signed_at),
-                capture=args.capture_errors,
+            warm_load, size = send_all(
+                args, warm.events, out / "warmup", app.port, capture=args.capture_errors
             )
             if not warm_load.complete:
                 raise BenchError(
@@ -1258,6 +1329,7 @@ def main(argv: list[str] | None = None) -> int:
             app.stop()
             if app.proc and app.proc.returncode not in (0, None, -signal.SIGTERM):
                 say(f"app exit status {app.proc.returncode}; log tail:\n{app.log_tail(15)}")
+        ceiling = http_ceiling(args, measured.events, out) if args.ceiling else None
         if args.reference_runs > 1:
             references.append(reference_run("after the load"))
         # Noise on a shared machine only ever lowers a rate: the higher run is the reference.
@@ -1334,6 +1406,17 @@ def main(argv: list[str] | None = None) -> int:
         f"transaction; machine busy {reference['machine_busy_cores']:.2f} cores)"
     )
     say(f"ratio:             {ratio:.3f} of the reference")
+    if ceiling is not None:
+        ceiling_ratio = ceiling.rate / reference["tps"] if reference["tps"] else 0.0
+        figures.update(
+            ceiling_requests_per_s=round(ceiling.rate, 1), ceiling_ratio=round(ceiling_ratio, 3)
+        )
+        say(
+            f"HTTP ceiling:      {ceiling.rate:,.0f} requests/s = {ceiling_ratio:.3f} of the "
+            f"reference: the same load answered by a FastAPI endpoint that only reads the body "
+            f"(bench/bare_webhook.py), p99 {ceiling.latency_us['p99'] / 1000:.2f} ms; the app "
+            f"reaches {load.rate / ceiling.rate:.2f} of it"
+        )
     say(
         f"group commit:      {batches['transactions']:,} transactions for the measured events, "
         f"{batches['mean']:.1f} events each on average (median {batches['p50']}, "

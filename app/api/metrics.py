@@ -7,15 +7,17 @@ cost). Periods are [start, end), cut in `tz`.
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, Field
 from sqlalchemy import Connection
 
-from app.metrics.figures import BaseFigures, Figures, present_money, present_ratio
+from app.metrics.figures import BaseFigures, Figures, derive, present_money, present_ratio
 from app.metrics.filters import GRANULARITIES, MetricsFilter, build_filter
 from app.metrics.queries import (
     BreakdownRow,
@@ -229,21 +231,73 @@ def streams(request: Request, f: Filter) -> Response:
     return json_response(report)
 
 
+# Presented figure sets kept by `_presented`, about 1.7 KB each with their key (14 MB in all):
+# four views of a 90-day daily series of 20 streams (1,800 points each), or two of a week's
+# hourly one.
+PRESENTED_MEMO_SIZE = 8_192
+
+
+@functools.lru_cache(maxsize=PRESENTED_MEMO_SIZE)
+def _presented(
+    gross: Decimal,
+    refunds: Decimal,
+    disputes: Decimal,
+    fees: Decimal,
+    task_cost: Decimal,
+    tasks: int,
+    unpriced_tasks: int,
+    currency: str,
+) -> dict[str, Any]:
+    """`figure_set` of these base figures (the only ones it reads), memoised: a pure function
+    of exact values, and a dashboard redraws the same points over and over (only the newest
+    buckets change), so most points of a series are presented once and then looked up. That
+    is about a third of a series request's time. Read-only: callers copy it."""
+    base = BaseFigures(
+        gross=gross, refunds=refunds, disputes=disputes, fees=fees, task_cost=task_cost,
+        tasks=tasks, unpriced_tasks=unpriced_tasks,
+    )  # fmt: skip
+    return figure_set(derive(base), base, currency)
+
+
+def presented_points(conn: Connection, f: MetricsFilter, currency: str) -> list[dict[str, Any]]:
+    """Figures per stream and bucket as the API presents them (`SeriesPoint`'s fields, in its
+    order), ordered by bucket, then stream: the one presentation of the series, which the JSON
+    API, the dashboard, the alerts and the CSV export share."""
+    points = []
+    for p in stream_timeseries(conn, f, currency):
+        b = p.base
+        presented = _presented(
+            b.gross, b.refunds, b.disputes, b.fees, b.task_cost, b.tasks, b.unpriced_tasks,
+            currency,
+        )  # fmt: skip
+        points.append({**presented, "bucket": p.bucket.astimezone(f.tz), "stream": p.stream})
+    return points
+
+
 def timeseries_report(conn: Connection, f: MetricsFilter, currency: str) -> TimeseriesResponse:
-    """Figures per stream and bucket as the API presents them."""
+    """Figures per stream and bucket as the API presents them, as objects (the dashboard's and
+    the alerts' form of the `/timeseries` body)."""
     return TimeseriesResponse(
         period=_period(f),
         granularity=f.granularity,
         currency=currency,
-        points=[
-            SeriesPoint(
-                bucket=p.bucket.astimezone(f.tz),
-                stream=p.stream,
-                **figure_set(p.figures, p.base, currency),
-            )
-            for p in stream_timeseries(conn, f, currency)
-        ],
+        points=[SeriesPoint(**p) for p in presented_points(conn, f, currency)],
     )
+
+
+def timeseries_json(conn: Connection, f: MetricsFilter, currency: str) -> bytes:
+    """The `/timeseries` body: the same bytes pydantic writes for `timeseries_report` (a test
+    holds them equal), written by orjson from the presented points. A 90-day daily series of
+    20 streams is 1,800 points; building and validating a model for each cost about 8 ms of a
+    request's 50 ms budget, for figures this module has just presented itself."""
+    body = {
+        "period": _period(f).model_dump(),
+        "granularity": f.granularity,
+        "currency": currency,
+        "points": presented_points(conn, f, currency),
+    }
+    # OPT_UTC_Z: a UTC instant ends in "Z", as pydantic writes it.
+    return orjson.dumps(body, option=orjson.OPT_UTC_Z)
 
 
 @router.get(
@@ -251,8 +305,8 @@ def timeseries_report(conn: Connection, f: MetricsFilter, currency: str) -> Time
 )
 def timeseries(request: Request, f: Filter) -> Response:
     with request.app.state.engine.connect() as conn:
-        report = timeseries_report(conn, f, request.app.state.settings.reporting_currency)
-    return json_response(report)
+        body = timeseries_json(conn, f, request.app.state.settings.reporting_currency)
+    return Response(body, media_type="application/json")
 
 
 def _breakdown(row: BreakdownRow, currency: str) -> Breakdown:

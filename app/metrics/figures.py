@@ -46,7 +46,7 @@ class BaseFigures:
             self.unconverted_cost[currency] = self.unconverted_cost.get(currency, ZERO) + cost
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Figures:
     gross: Decimal
     refunds: Decimal  # positive: money given back
@@ -100,4 +100,5 @@ def present_ratio(value: Decimal | None) -> str | None:
     """A ratio as a decimal string with 4 decimals (0.1234 = 12.34 %), or None."""
     if value is None:
         return None
-    return f"{value.quantize(RATIO_QUANTUM, ROUND_HALF_EVEN):.4f}"
+    # str() of the quantized value: exactly 4 decimals, never an exponent (see present_money).
+    return str(value.quantize(RATIO_QUANTUM, ROUND_HALF_EVEN))

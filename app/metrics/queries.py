@@ -89,7 +89,12 @@ class SeriesPoint:
     bucket: datetime
     stream: str
     base: BaseFigures
-    figures: Figures
+
+    @functools.cached_property
+    def figures(self) -> Figures:
+        """Derived when first read: the API presents most points from a memo of their base
+        figures (`app.api.metrics.presented_points`) and never needs them."""
+        return derive(self.base)
 
 
 def _one_row_per_bucket(f: MetricsFilter, raw: bool, by_bucket: bool) -> bool:
@@ -412,7 +417,7 @@ def stream_timeseries(
     bucket, then stream (`_sums` reads them in that order)."""
     (per_bucket,) = _sums(conn, [f], reporting, raw, by_bucket=True)
     return [
-        SeriesPoint(bucket=bucket, stream=stream, base=base, figures=derive(base))
+        SeriesPoint(bucket=bucket, stream=stream, base=base)
         for (bucket, stream), base in per_bucket.items()
         if bucket is not None
     ]

@@ -6,6 +6,8 @@ from typing import Any
 
 import pytest
 
+from app.api.metrics import timeseries_json, timeseries_report
+from app.metrics.filters import build_filter
 from tests import stripe_events as se
 from tests.conftest import TestDatabase, WebhookClient
 from tests.task_costs import task
@@ -142,3 +144,61 @@ def test_metrics_are_in_the_openapi_schema(webhook: WebhookClient) -> None:
     for path in ("/api/metrics/streams", "/api/metrics/timeseries", "/api/metrics/models"):
         params = {p["name"] for p in paths[path]["get"]["parameters"]}
         assert {"start", "end", "tz", "stream", "ai_model", "task_type"} <= params
+
+
+@pytest.mark.parametrize("tz", ["UTC", "America/New_York", "Asia/Kolkata"])
+def test_timeseries_body_is_the_models_own_serialisation(
+    webhook: WebhookClient, db: TestDatabase, tz: str
+) -> None:
+    # The route writes its body with orjson (`timeseries_json`); it must be exactly what
+    # pydantic writes for the documented model: same keys and order, "Z" for UTC, nulls.
+    for created, amount, stream in ((T - 8 * 3600, 500, "api"), (T, 700, "=web"), (T, 1, "api")):
+        charge = se.charge(amount=amount, created=created, metadata={"stream": stream})
+        webhook.post(se.charge_succeeded(charge=charge, created=created))
+    costly = [task(stream="lab", started_at="2024-03-10T09:00:00Z", cost="3", cost_currency="usd")]
+    assert webhook.http.post("/api/tasks", json=costly).status_code == 200
+    f = build_filter(start="2024-03-09", end="2024-03-11", tz=tz, granularity="hour")
+
+    with db.engine.connect() as conn:
+        body = timeseries_json(conn, f, "usd")
+        report = timeseries_report(conn, f, "usd")
+
+    assert len(report.points) == 4
+    assert any(p.roi is None for p in report.points)
+    assert body == report.model_dump_json().encode()
+    response = webhook.http.get(
+        "/api/metrics/timeseries",
+        params={"start": "2024-03-09", "end": "2024-03-11", "tz": tz, "granularity": "hour"},
+    )
+    assert response.content == body
+
+
+def test_series_points_are_presented_from_their_current_figures(
+    webhook: WebhookClient, db: TestDatabase
+) -> None:
+    # Points are presented through a memo keyed by their base figures: a point whose figures
+    # change must be presented anew, and equal figures in two points give equal figures.
+    params = {**PERIOD, "granularity": "hour"}
+
+    def gross_by_hour() -> list[tuple[str, str, str]]:
+        response = webhook.http.get("/api/metrics/timeseries", params=params)
+        assert response.status_code == 200, response.text
+        return [(p["bucket"], p["gross"], p["margin"]) for p in response.json()["points"]]
+
+    for created in (T, T + 3600):
+        charge = se.charge(amount=1_000, created=created, metadata={"stream": "api"})
+        webhook.post(se.charge_succeeded(charge=charge, created=created))
+    assert gross_by_hour() == [
+        ("2024-03-10T12:00:00Z", "10.00", "10.00"),
+        ("2024-03-10T13:00:00Z", "10.00", "10.00"),
+    ]
+
+    charge = se.charge(amount=1_000, created=T + 60, metadata={"stream": "api"})
+    webhook.post(se.charge_succeeded(charge=charge, created=T + 60))
+    costly = [task(stream="api", started_at="2024-03-10T13:05:00Z", cost="2.5", cost_currency="usd")]
+    assert webhook.http.post("/api/tasks", json=costly).status_code == 200
+
+    assert gross_by_hour() == [
+        ("2024-03-10T12:00:00Z", "20.00", "20.00"),
+        ("2024-03-10T13:00:00Z", "10.00", "7.50"),
+    ]
