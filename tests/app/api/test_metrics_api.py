@@ -195,8 +195,8 @@ def test_series_points_are_presented_from_their_current_figures(
 
     charge = se.charge(amount=1_000, created=T + 60, metadata={"stream": "api"})
     webhook.post(se.charge_succeeded(charge=charge, created=T + 60))
-    costly = [task(stream="api", started_at="2024-03-10T13:05:00Z", cost="2.5", cost_currency="usd")]
-    assert webhook.http.post("/api/tasks", json=costly).status_code == 200
+    later = task(stream="api", started_at="2024-03-10T13:05:00Z", cost="2.5", cost_currency="usd")
+    assert webhook.http.post("/api/tasks", json=[later]).status_code == 200
 
     assert gross_by_hour() == [
         ("2024-03-10T12:00:00Z", "20.00", "20.00"),
