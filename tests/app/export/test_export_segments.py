@@ -311,6 +311,25 @@ def test_closing_a_segmented_export_early_cancels_every_copy_and_returns_the_con
     assert export_bytes(engine, "streams", build_filter(**PERIOD, tz="UTC")).startswith(b"bucket")
 
 
+def hang_up_after_the_first_chunk(
+    webhook: WebhookClient, db: TestDatabase, live_server: LiveServer, *, sleeping_copies: int
+) -> None:
+    """Download the ledger export, hang up after its first chunk once `sleeping_copies` COPYs
+    sleep in the database, then check every COPY ended and every connection came back."""
+    engine = live_server.app.state.engine
+    before = engine.pool.checkedout()
+    with (
+        httpx.Client(base_url=webhook.base_url, headers=webhook.http.headers) as http,
+        http.stream("GET", "/api/export/ledger.csv", params=PERIOD) as response,
+    ):
+        assert response.status_code == 200
+        next(response.iter_raw())
+        assert wait_until(lambda: active_sleeps(db) == sleeping_copies)
+    assert wait_until(lambda: engine.pool.checkedout() == before)
+    assert active_sleeps(db) == 0
+    assert wait_until(no_segment_threads)
+
+
 def test_a_download_of_a_segmented_export_cut_short_gives_its_connections_back(
     webhook: WebhookClient,
     db: TestDatabase,
@@ -323,21 +342,10 @@ def test_a_download_of_a_segmented_export_cut_short_gives_its_connections_back(
     slow_first_segment(monkeypatch)
     monkeypatch.setattr(exports, "CHUNK_BYTES", 100)
     cut_at(monkeypatch, TIE_1)
-    engine = live_server.app.state.engine
-    before = engine.pool.checkedout()
 
-    with (
-        httpx.Client(base_url=webhook.base_url, headers=webhook.http.headers) as http,
-        http.stream("GET", "/api/export/ledger.csv", params=PERIOD) as response,
-    ):
-        assert response.status_code == 200
-        next(response.iter_raw())
-        assert wait_until(lambda: active_sleeps(db) == 2)
     # Hung up while the first segment streams and the later one sleeps: the server notices,
     # and both COPYs are cancelled (the later one instead of sleeping out its minute).
-    assert wait_until(lambda: engine.pool.checkedout() == before)
-    assert active_sleeps(db) == 0
-    assert wait_until(no_segment_threads)
+    hang_up_after_the_first_chunk(webhook, db, live_server, sleeping_copies=2)
 
 
 def test_a_client_hanging_up_while_the_export_waits_for_a_later_segment_is_not_waited_for(
@@ -349,21 +357,10 @@ def test_a_client_hanging_up_while_the_export_waits_for_a_later_segment_is_not_w
     a_day_with_ties(db)
     sleeping(monkeypatch)  # the first segment is sent at once; the later one sleeps a minute
     cut_at(monkeypatch, TIE_1)
-    engine = live_server.app.state.engine
-    before = engine.pool.checkedout()
 
-    with (
-        httpx.Client(base_url=webhook.base_url, headers=webhook.http.headers) as http,
-        http.stream("GET", "/api/export/ledger.csv", params=PERIOD) as response,
-    ):
-        assert response.status_code == 200
-        next(response.iter_raw())
-        assert wait_until(lambda: active_sleeps(db) == 1)
     # The server was waiting for the later segment, inside the generator, where it cannot be
     # closed: the hang-up sets `abandoned`, so it stops waiting instead of sleeping it out.
-    assert wait_until(lambda: engine.pool.checkedout() == before)
-    assert active_sleeps(db) == 0
-    assert wait_until(no_segment_threads)
+    hang_up_after_the_first_chunk(webhook, db, live_server, sleeping_copies=1)
 
 
 def test_an_error_in_a_later_segment_is_raised_and_the_connections_return(
