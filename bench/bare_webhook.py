@@ -4,7 +4,7 @@ The same server stack as `roi serve` (FastAPI on uvicorn, its default HTTP parse
 loop, no access log) answering `POST /webhooks/stripe` with the webhook's 200 body after
 reading the request body, and nothing else: no signature check, no JSON parsing, no
 database. Whatever rate this reaches under the same load is an upper bound for any webhook
-built on this stack on this machine.
+built on this stack on this machine. `/healthz` is there for the bench to know it is up.
 """
 
 from __future__ import annotations
@@ -12,6 +12,11 @@ from __future__ import annotations
 from fastapi import FastAPI, Request, Response
 
 app = FastAPI()
+
+
+@app.get("/healthz")
+async def healthz() -> Response:
+    return Response(b'{"status":"ok"}', media_type="application/json")
 
 
 @app.post("/webhooks/stripe")

@@ -523,8 +523,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 class BareApp(App):
-    """bench/bare_webhook.py on uvicorn, as `roi serve` runs the app: the HTTP layer's ceiling.
-    It has no /healthz: `start` waits for the port, then for the workers."""
+    """bench/bare_webhook.py on uvicorn, as `roi serve` runs the app: the HTTP layer's ceiling."""
 
     def command(self) -> list[str]:
         return [
@@ -533,28 +532,6 @@ class BareApp(App):
             *("--host", "127.0.0.1", "--port", str(self.port), "--workers", str(self.workers)),
             *("--no-access-log", "--log-level", "warning"),
         ]
-
-    def start(self, timeout: float = 60.0) -> None:
-        cmd = self.command()
-        log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
-        log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise BenchError(f"uvicorn exited with {self.proc.returncode}:\n{self.log_tail()}")
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", self.port), timeout=1),
-            ):
-                if len(self.worker_pids()) >= self.workers:
-                    time.sleep(0.5)  # both workers importing FastAPI: let them finish
-                    return
-            time.sleep(0.2)
-        raise BenchError(f"uvicorn did not listen on {self.port} within {timeout:.0f} s")
 
 
 def cpu_times(pids: list[int]) -> dict[int, tuple[float, float]]:
