@@ -43,8 +43,8 @@ from app.metrics.filters import (
     rollups_are_exact,
     whole_hour_offsets,
 )
-from app.metrics.sources import LEDGER_MONEY, ledger_source, task_source
-from app.models import execution_tasks, ledger_entries, stripe_events
+from app.metrics.sources import LEDGER_MONEY, day_noon, ledger_source, task_source
+from app.models import converted_daily, execution_tasks, ledger_entries, stripe_events
 
 UNATTRIBUTED = "unattributed"
 
@@ -232,15 +232,31 @@ def _group_currency(
 SUM_COLUMNS = (*LEDGER_MONEY, "task_cost", "tasks", "unpriced", "entries")
 
 
-def _ledger_part(f: MetricsFilter, reporting: str, raw: bool, by_bucket: bool) -> Select[Any]:
+def _ledger_part(
+    f: MetricsFilter, reporting: str, raw: bool, by_bucket: bool, converted: str | None = None
+) -> Select[Any]:
+    return converted_ledger(
+        ledger_source(f, raw, by_bucket, converted),
+        f,
+        reporting,
+        by_bucket,
+        presummed=_one_row_per_bucket(f, raw, by_bucket),
+    )
+
+
+def converted_ledger(
+    source: Select[Any], f: MetricsFilter, reporting: str, by_bucket: bool, *, presummed: bool
+) -> Select[Any]:
+    """Ledger rollup rows of `source` (`ledger_source`'s shape) converted, per bucket (or
+    none), stream and `group_currency`, in the columns of `SUM_COLUMNS`."""
     src = _dated(
-        ledger_source(f, raw, by_bucket),
+        source,
         f,
         reporting,
         by_bucket,
         ["stream", "currency", "settlement_currency"],
         [*LEDGER_MONEY, *("settled_" + m for m in LEDGER_MONEY), "entries"],
-        presummed=_one_row_per_bucket(f, raw, by_bucket),
+        presummed=presummed,
     )
     joined, rate = _with_fx(src, reporting)
     zero: ColumnElement[int] = literal_column("0")
@@ -257,15 +273,31 @@ def _ledger_part(f: MetricsFilter, reporting: str, raw: bool, by_bucket: bool) -
     ).select_from(joined)
 
 
-def _task_part(f: MetricsFilter, reporting: str, raw: bool, by_bucket: bool) -> Select[Any]:
+def _task_part(
+    f: MetricsFilter, reporting: str, raw: bool, by_bucket: bool, converted: str | None = None
+) -> Select[Any]:
+    return converted_tasks(
+        task_source(f, raw, detailed=False, by_bucket=by_bucket, converted=converted),
+        f,
+        reporting,
+        by_bucket,
+        presummed=_one_row_per_bucket(f, raw, by_bucket),
+    )
+
+
+def converted_tasks(
+    source: Select[Any], f: MetricsFilter, reporting: str, by_bucket: bool, *, presummed: bool
+) -> Select[Any]:
+    """Per-stream task rollup rows of `source` (`task_source`'s shape, not detailed) converted,
+    per bucket (or none), stream and `group_currency`, in the columns of `SUM_COLUMNS`."""
     src = _dated(
-        task_source(f, raw, detailed=False, by_bucket=by_bucket),
+        source,
         f,
         reporting,
         by_bucket,
         ["stream", "currency"],
         ["cost", "tasks", "unpriced"],
-        presummed=_one_row_per_bucket(f, raw, by_bucket),
+        presummed=presummed,
     )
     joined, rate = _with_fx(src, reporting)
     zero: ColumnElement[int] = literal_column("0")
@@ -279,6 +311,31 @@ def _task_part(f: MetricsFilter, reporting: str, raw: bool, by_bucket: bool) -> 
         src.c.unpriced,
         zero.label("entries"),
     ).select_from(joined)
+
+
+def _converted_daily_part(
+    f: MetricsFilter, reporting: str, by_bucket: bool, span: tuple[datetime, datetime]
+) -> Select[Any]:
+    """The span's days as `converted_daily` holds them in `reporting` (already converted and
+    summed per stream), each in the bucket of its noon like a daily rollup row."""
+    c = converted_daily.c
+    first, last = span
+    bucket = _bucket(f, day_noon(c.day)) if by_bucket else null()
+    return select(
+        bucket.label("bucket"),
+        c.stream,
+        c.group_currency,
+        *[c[m] for m in LEDGER_MONEY],
+        c.task_cost,
+        c.tasks,
+        c.unpriced,
+        c.entries,
+    ).where(
+        c.reporting_currency == reporting,
+        c.day >= first.date(),
+        c.day < last.date(),
+        c.stream.in_(f.streams) if f.streams else literal(True),
+    )
 
 
 Sums = dict[tuple[datetime | None, str], BaseFigures]
@@ -295,8 +352,14 @@ def _sums_query(
     for index, f in enumerate(periods):
         use_raw = _use_raw(f, raw)
         tag: ColumnElement[int] = literal_column(str(index)).label("period")
+        span = daily_span(f, by_bucket)
+        # The days `converted_daily` holds are read from it (not with task filters: it has
+        # the costs of all of a stream's tasks), the rest converted here.
+        converted = None if use_raw or span is None or f.filters_tasks else reporting
         for part in (_ledger_part, _task_part):
-            parts.append(part(f, reporting, use_raw, by_bucket).add_columns(tag))
+            parts.append(part(f, reporting, use_raw, by_bucket, converted).add_columns(tag))
+        if converted is not None and span is not None:
+            parts.append(_converted_daily_part(f, reporting, by_bucket, span).add_columns(tag))
     rows = union_all(*parts).subquery("parts")
     query = select(
         rows.c.period,

@@ -3,11 +3,15 @@
 Triggers append one row per key and statement; readers sum all rows of a key, so figures are
 exact without compaction. Compaction only keeps the tables small: it replaces every key that
 has new rows with one row holding the sum. One compaction runs at a time per database.
+
+It also keeps `converted_daily` (app/metrics/converted.py): the days whose daily rows it
+rewrites are dropped there and built again, in the same transaction.
 """
 
 from __future__ import annotations
 
 import logging
+from datetime import date
 
 from sqlalchemy import Connection, Engine, text
 
@@ -52,27 +56,41 @@ def _compaction_sql(table: str) -> str:
             WHERE r.{time_key} = ANY(ARRAY(SELECT DISTINCT {time_key} FROM dirty)) AND {match}
             RETURNING r.*
         )
-        INSERT INTO {table} ({key_list}, {", ".join(sums)}, compacted)
-        SELECT {key_list}, {", ".join(f"sum({s})" for s in sums)}, true
-        FROM moved GROUP BY {key_list} HAVING {nonzero}
+        , merged AS (
+            INSERT INTO {table} ({key_list}, {", ".join(sums)}, compacted)
+            SELECT {key_list}, {", ".join(f"sum({s})" for s in sums)}, true
+            FROM moved GROUP BY {key_list} HAVING {nonzero}
+        )
+        SELECT DISTINCT {time_key} FROM moved  -- the buckets or days it rewrote
     """
 
 
 COMPACTIONS = {table: _compaction_sql(table) for table in _KEYS}
 
 
-def compact(conn: Connection) -> bool:
-    """Compact every rollup in the caller's transaction; False if another compaction runs."""
+DAILY = ("ledger_rollup_daily", "task_stream_rollup_daily")
+
+
+def compact(conn: Connection, reporting: str | None = None) -> bool:
+    """Compact every rollup in the caller's transaction, then bring `converted_daily` up to
+    date with it (`app.metrics.converted.refresh`; built in `reporting`, the app's reporting
+    currency, when given). False if another compaction runs."""
+    from app.metrics.converted import refresh  # the metrics queries: not needed by importers
+
     got = conn.execute(
         text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": COMPACTION_LOCK_KEY}
     ).scalar_one()
     if not got:
         return False
-    for sql in COMPACTIONS.values():
-        conn.execute(text(sql))
+    changed_days: set[date] = set()
+    for table, sql in COMPACTIONS.items():
+        rewritten = conn.execute(text(sql)).scalars().all()
+        if table in DAILY:
+            changed_days.update(rewritten)
+    refresh(conn, changed_days, reporting)
     return True
 
 
-def compact_now(engine: Engine) -> bool:
+def compact_now(engine: Engine, reporting: str | None = None) -> bool:
     with engine.begin() as conn:
-        return compact(conn)
+        return compact(conn, reporting)

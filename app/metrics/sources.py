@@ -8,13 +8,14 @@ can be checked against the raw tables (tests, bench) by flipping `raw=True`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
     ARRAY,
     ColumnElement,
     CompoundSelect,
+    Date,
     DateTime,
     Select,
     Table,
@@ -31,6 +32,7 @@ from sqlalchemy import (
 
 from app.metrics.filters import MetricsFilter, daily_span, moved_hours
 from app.models import (
+    converted_days,
     execution_tasks,
     ledger_entries,
     ledger_rollup,
@@ -53,21 +55,30 @@ NOON: ColumnElement[Any] = literal_column("interval '12 hours'")
 HOURS = ARRAY(DateTime(timezone=True))
 
 
+def day_noon(day: ColumnElement[Any]) -> ColumnElement[Any]:
+    """Noon UTC of a UTC day: the instant that decides a daily row's bucket."""
+    return func.timezone("UTC", cast(day, DateTime())) + NOON
+
+
 def _hourly_and_daily(
     f: MetricsFilter,
     by_bucket: bool,
     hourly: Table,
     daily: Table,
     columns: Callable[[Table], Columns],
+    converted: str | None,
 ) -> Select[Any] | CompoundSelect[Any]:
     """Rollup rows covering [start, end): daily rows for the whole UTC days inside it (when
     `daily_span` allows), hourly rows for the rest. `ts` is the hour, or the day's noon (the
     instant that decides a daily row's bucket, and whose UTC day its FX rate is of).
 
+    With `converted` (a reporting currency), the daily rows that `converted_daily` already
+    holds in it are left out (`_daily_rows`): the caller reads those converted.
+
     With buckets in a zone other than UTC, some hours of a day belong to another bucket than
     its noon (`moved_hours`): they are read from hourly rows and counted twice, negated at the
     day's noon and as they are in their own bucket, so every bucket gets exactly its hours."""
-    h, d = hourly.c, daily.c
+    h = hourly.c
     span = daily_span(f, by_bucket)
 
     def hours(lo: datetime, hi: datetime) -> Select[Any]:
@@ -79,16 +90,63 @@ def _hourly_and_daily(
     if span is None:
         return hours(f.start, f.end)
     first, last = span
-    keys, sums = columns(daily)
-    noon = func.timezone("UTC", cast(d.day, DateTime())) + NOON
-    days = select(noon.label("ts"), *keys, *sums).where(
-        d.day >= first.date(), d.day < last.date(), _in(d.stream, f.streams)
-    )
-    parts: list[Select[Any]] = [hours(f.start, first), days, hours(last, f.end)]
+    parts: list[Select[Any]] = [
+        hours(f.start, first),
+        *_daily_rows(f, daily, columns, span, converted),
+        hours(last, f.end),
+    ]
     moved = moved_hours(f, span) if by_bucket else ()
     if moved:
         parts += _moved_rows(f, hourly, columns, moved)
     return union_all(*parts)
+
+
+def _daily_rows(
+    f: MetricsFilter,
+    daily: Table,
+    columns: Callable[[Table], Columns],
+    span: tuple[datetime, datetime],
+    converted: str | None,
+) -> list[Select[Any]]:
+    """The daily rollup rows of the span's days. With `converted`, only those that
+    `converted_daily` does not hold in that currency: rows not compacted yet (few, through the
+    partial index on them), and the compacted rows of days not listed in `converted_days`
+    (none once compaction has built them: the list of those days is computed first, so no
+    other row is read)."""
+    d = daily.c
+    first, last = span
+    keys, sums = columns(daily)
+
+    def rows(*where: ColumnElement[bool]) -> Select[Any]:
+        query: Select[Any] = select(day_noon(d.day).label("ts"), *keys, *sums)
+        return query.where(
+            d.day >= first.date(), d.day < last.date(), _in(d.stream, f.streams), *where
+        )
+
+    if converted is None:
+        return [rows()]
+    built = converted_days.c
+    span_days = select(
+        cast(
+            func.generate_series(
+                literal(first.replace(tzinfo=None), DateTime()),
+                literal((last - timedelta(days=1)).replace(tzinfo=None), DateTime()),
+                literal_column("interval '1 day'"),
+            ),
+            Date,
+        ).label("day")
+    )
+    unbuilt = span_days.except_(
+        select(built.day).where(
+            built.reporting_currency == converted,
+            built.day >= first.date(),
+            built.day < last.date(),
+        )
+    ).subquery("unbuilt")
+    # = ANY(ARRAY(SELECT ...)): PostgreSQL computes the days first, then reads only theirs
+    # through the index on `day` (none once all are built).
+    unbuilt_days = func.array(select(unbuilt.c.day).scalar_subquery())
+    return [rows(~d.compacted), rows(d.compacted, d.day == any_(unbuilt_days))]
 
 
 def _moved_rows(
@@ -126,14 +184,14 @@ def _moved_rows(
     )
     m = summed.c
     key_columns = [m[k.name] for k in keys]
-    day_noon = func.date_trunc("day", m.ts, "UTC") + NOON
+    their_noon = func.date_trunc("day", m.ts, "UTC") + NOON
     return [
-        select(day_noon.label("ts"), *key_columns, *[(-m[s.name]).label(s.name) for s in sums]),
+        select(their_noon.label("ts"), *key_columns, *[(-m[s.name]).label(s.name) for s in sums]),
         select(m.ts, *key_columns, *[m[s.name] for s in sums]),
     ]
 
 
-def _ledger_columns(table: Table) -> Columns:
+def ledger_columns(table: Table) -> Columns:
     t = table.c
     return (
         [t.stream, t.currency, t.settlement_currency],
@@ -145,11 +203,15 @@ def _ledger_columns(table: Table) -> Columns:
     )
 
 
-def ledger_source(f: MetricsFilter, raw: bool, by_bucket: bool = True) -> Select[Any]:
+def ledger_source(
+    f: MetricsFilter, raw: bool, by_bucket: bool = True, converted: str | None = None
+) -> Select[Any]:
     """(ts, stream, currency, settlement_currency, gross..fees, settled_gross..settled_fees,
-    entries)."""
+    entries). `converted` as in `_hourly_and_daily`."""
     if not raw:
-        rows = _hourly_and_daily(f, by_bucket, ledger_rollup, ledger_rollup_daily, _ledger_columns)
+        rows = _hourly_and_daily(
+            f, by_bucket, ledger_rollup, ledger_rollup_daily, ledger_columns, converted
+        )
         return select(rows.subquery("rollup"))
     le = ledger_entries.c
 
@@ -170,17 +232,24 @@ def ledger_source(f: MetricsFilter, raw: bool, by_bucket: bool = True) -> Select
     ).where(le.booked_at >= f.start, le.booked_at < f.end, _in(le.stream, f.streams))
 
 
-def _task_stream_columns(table: Table) -> Columns:
+def task_stream_columns(table: Table) -> Columns:
     t = table.c
     return [t.stream, t.currency], [t.tasks, t.unpriced, t.cost]
 
 
-def task_source(f: MetricsFilter, raw: bool, detailed: bool, by_bucket: bool = True) -> Select[Any]:
+def task_source(
+    f: MetricsFilter,
+    raw: bool,
+    detailed: bool,
+    by_bucket: bool = True,
+    converted: str | None = None,
+) -> Select[Any]:
     """(ts, stream, [ai_model, task_type,] currency, tasks, unpriced, cost
-    [, succeeded, failed, duration_ms, durations]). `detailed` keeps model and task type."""
+    [, succeeded, failed, duration_ms, durations]). `detailed` keeps model and task type.
+    `converted` as in `_hourly_and_daily` (only for the per-stream rollups)."""
     if not raw and not (detailed or f.filters_tasks):
         rows = _hourly_and_daily(
-            f, by_bucket, stream_rollup, task_stream_rollup_daily, _task_stream_columns
+            f, by_bucket, stream_rollup, task_stream_rollup_daily, task_stream_columns, converted
         )
         return select(rows.subquery("rollup"))
     if not raw:  # per model and task type, or filtered by them: the detailed hourly rollup

@@ -39,6 +39,9 @@ WINDOW_HOURS = 24 * 45
 KINDS = ["charge", "refund", "dispute", "fee"]
 SIGN = {"charge": 1, "refund": -1, "dispute": -1, "fee": -1}
 FX = {"eur": Decimal("1.085000000000"), "jpy": Decimal("0.006700000000")}
+# A rate changed after `converted_daily` was built (the trigger must drop that day from it).
+CHANGED_DAY = WINDOW_START.date() + timedelta(days=10)
+CHANGED_RATE = Decimal("1.201234567890")
 
 entry_strategy = st.fixed_dictionaries(
     {
@@ -71,7 +74,10 @@ def _at(item: dict[str, object]) -> datetime:
 
 
 def _write(
-    db: TestDatabase, entries: list[dict[str, object]], tasks: list[dict[str, object]]
+    db: TestDatabase,
+    entries: list[dict[str, object]],
+    tasks: list[dict[str, object]],
+    compact_again: bool,
 ) -> list[dict[str, object]]:
     ledger_rows = []
     for i, e in enumerate(entries):
@@ -125,7 +131,9 @@ def _write(
                 conn.execute(insert(ledger_entries), chunk)
         if task_rows:
             conn.execute(insert(execution_tasks), task_rows)
-    compact_now(db.engine)
+    # Also builds `converted_daily` in the reporting currency: the reads below then take its
+    # days from it, and the rows written after it (not compacted) converted as they read them.
+    compact_now(db.engine, REPORTING)
     with db.engine.begin() as conn:
         # Re-attribution and removal, as rebuilding a charge's ledger does.
         conn.execute(text("UPDATE ledger_entries SET stream = 'api' WHERE entry_key LIKE '%3'"))
@@ -133,6 +141,13 @@ def _write(
         conn.execute(
             text("UPDATE execution_tasks SET stream = 'newsletter' WHERE external_id LIKE '%5'")
         )
+        # A corrected rate: its day must no longer be read from `converted_daily`.
+        conn.execute(
+            text("UPDATE fx_rates SET rate = :rate WHERE day = :day AND currency = 'eur'"),
+            {"rate": CHANGED_RATE, "day": CHANGED_DAY},
+        )
+    if compact_again:  # the changed days and the corrected one built again
+        compact_now(db.engine, REPORTING)
     for row in ledger_rows:
         if str(row["entry_key"]).endswith("3"):
             row["stream"] = "api"
@@ -173,6 +188,8 @@ def _oracle(
         if currency == REPORTING:
             return amount
         rate = FX.get(currency)
+        if currency == "eur" and ts.astimezone(UTC).date() == CHANGED_DAY:
+            rate = CHANGED_RATE
         if rate is None:
             return None
         return amount * rate * Decimal(10) ** (2 - _exponent(currency))
@@ -260,6 +277,7 @@ def _normal(
     first_day=st.integers(0, 30),
     days=st.integers(1, 20),
     only_api=st.booleans(),
+    compact_again=st.booleans(),
 )
 def test_rollups_and_raw_tables_agree_with_an_oracle(
     db: TestDatabase,
@@ -270,9 +288,10 @@ def test_rollups_and_raw_tables_agree_with_an_oracle(
     first_day: int,
     days: int,
     only_api: bool,
+    compact_again: bool,
 ) -> None:
     db.truncate()
-    ledger_rows, task_rows = _write(db, entries, tasks)
+    ledger_rows, task_rows = _write(db, entries, tasks, compact_again)
     tz = ZoneInfo(zone)
     start_day = date(2024, 3, 1) + timedelta(days=first_day)
     start = datetime.combine(start_day, datetime.min.time(), tzinfo=tz)

@@ -1,0 +1,130 @@
+"""`converted_daily`: built by compaction, read by the metrics, dropped where it would be stale.
+
+The property test (test_rollups_match_raw.py) checks that figures are exact with it; these
+check that it is really read, and when it is not.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import insert
+
+from app.metrics.filters import MetricsFilter
+from app.metrics.queries import stream_summary, stream_timeseries
+from app.metrics.rollups import compact_now
+from app.models import execution_tasks, fx_rates, ledger_entries
+from tests.conftest import TestDatabase
+
+DAY = date(2024, 5, 6)
+F = MetricsFilter(
+    start=datetime(2024, 5, 1, tzinfo=UTC), end=datetime(2024, 5, 11, tzinfo=UTC), tz=ZoneInfo("UTC")
+)
+
+
+def _write(db: TestDatabase, at: datetime, amount: int, currency: str = "usd") -> None:
+    with db.engine.begin() as conn:
+        n = db.rows("SELECT count(*) AS n FROM ledger_entries")[0]["n"]
+        conn.execute(
+            insert(ledger_entries).values(
+                entry_key=f"k{n}", kind="charge", charge_id=f"ch_{n}", object_id=f"obj_{n}",
+                stream="api", amount=amount, currency=currency, booked_at=at,
+            )
+        )  # fmt: skip
+        conn.execute(
+            insert(execution_tasks).values(
+                external_id=f"t{n}", stream="api", task_type="summarise", ai_model="m",
+                status="succeeded", started_at=at, cost_amount=Decimal("12.5"),
+                cost_currency=currency,
+            )
+        )  # fmt: skip
+
+
+def _gross(db: TestDatabase) -> Decimal:
+    with db.engine.connect() as conn:
+        return stream_summary(conn, F, "usd", count_unknown_fees=False).total_base.gross
+
+
+def _days(db: TestDatabase, reporting: str = "usd") -> list[date]:
+    rows = db.rows(
+        "SELECT day FROM converted_days WHERE reporting_currency = :r ORDER BY day", r=reporting
+    )
+    return [r["day"] for r in rows]
+
+
+def test_compaction_builds_the_days_and_the_metrics_read_them(db: TestDatabase) -> None:
+    _write(db, datetime(2024, 5, 6, 9, tzinfo=UTC), 1_000)
+    _write(db, datetime(2024, 5, 7, 9, tzinfo=UTC), 2_000)
+    assert _gross(db) == 3_000  # nothing built yet: converted as read
+    compact_now(db.engine, "usd")
+    assert _days(db) == [DAY, DAY + timedelta(days=1)]
+    built = db.rows("SELECT gross, task_cost, tasks, entries FROM converted_daily WHERE day = :d",
+                    d=DAY)  # fmt: skip
+    assert built == [{"gross": 1_000, "task_cost": Decimal("12.5"), "tasks": 1, "entries": 1}]
+    # Read from it: a change made there (never done outside compaction) shows in the figures.
+    db.execute("UPDATE converted_daily SET gross = gross + 7 WHERE day = :d", d=DAY)
+    assert _gross(db) == 3_007
+    with db.engine.connect() as conn:
+        points = {p.bucket.date(): p.base.gross for p in stream_timeseries(conn, F, "usd")}
+    assert points == {DAY: 1_007, DAY + timedelta(days=1): 2_000}
+
+
+def test_rows_written_after_the_build_are_added_until_compaction_folds_them_in(
+    db: TestDatabase,
+) -> None:
+    _write(db, datetime(2024, 5, 6, 9, tzinfo=UTC), 1_000)
+    compact_now(db.engine, "usd")
+    _write(db, datetime(2024, 5, 6, 10, tzinfo=UTC), 500)  # a built day, not compacted yet
+    assert _gross(db) == 1_500
+    compact_now(db.engine, "usd")
+    assert _days(db) == [DAY]
+    assert db.rows("SELECT gross FROM converted_daily WHERE day = :d", d=DAY) == [{"gross": 1_500}]
+    assert _gross(db) == 1_500
+
+
+def test_a_changed_fx_rate_drops_its_day_until_compaction_builds_it_again(
+    db: TestDatabase,
+) -> None:
+    db.execute(
+        "INSERT INTO fx_rates (day, currency, quote_currency, rate) VALUES (:d, 'eur', 'usd', 1.1)",
+        d=DAY,
+    )
+    _write(db, datetime(2024, 5, 6, 9, tzinfo=UTC), 1_000, currency="eur")
+    compact_now(db.engine, "usd")
+    assert _days(db) == [DAY]
+    assert _gross(db) == 1_100
+    db.execute("UPDATE fx_rates SET rate = 1.2 WHERE day = :d", d=DAY)
+    assert _days(db) == []  # the trigger dropped it: converted as read
+    assert _gross(db) == 1_200
+    compact_now(db.engine, "usd")  # nothing to compact, but the day is built again
+    assert _days(db) == [DAY]
+    assert _gross(db) == 1_200
+    # Imported again unchanged: nothing is dropped.
+    db.execute("UPDATE fx_rates SET rate = 1.2, updated_at = now() WHERE day = :d", d=DAY)
+    assert _days(db) == [DAY]
+    with db.engine.begin() as conn:
+        conn.execute(fx_rates.delete())
+    assert _days(db) == []
+    with db.engine.connect() as conn:
+        summary = stream_summary(conn, F, "usd", count_unknown_fees=False)
+    assert summary.total_base.gross == 0
+    assert summary.trust.unconverted_revenue == {"eur": 1_000}
+
+
+def test_each_reporting_currency_has_its_own_days(db: TestDatabase) -> None:
+    _write(db, datetime(2024, 5, 6, 9, tzinfo=UTC), 1_000)
+    compact_now(db.engine)  # no reporting currency: compacts, builds nothing
+    assert _days(db) == []
+    compact_now(db.engine, "usd")
+    compact_now(db.engine, "eur")
+    assert _days(db, "usd") == [DAY] and _days(db, "eur") == [DAY]
+    with db.engine.connect() as conn:
+        in_eur = stream_summary(conn, F, "eur", count_unknown_fees=False)
+    assert in_eur.total_base.gross == 0  # no usd->eur rate: unconverted, in usd
+    assert in_eur.trust.unconverted_revenue == {"usd": 1_000}
+    # Compaction that rewrites a day drops it in every currency, and builds its own again.
+    _write(db, datetime(2024, 5, 6, 10, tzinfo=UTC), 500)
+    compact_now(db.engine, "usd")
+    assert _days(db, "usd") == [DAY] and _days(db, "eur") == []
