@@ -31,7 +31,7 @@ from sqlalchemy import (
     union_all,
 )
 from sqlalchemy.sql import Join, Subquery
-from sqlalchemy.types import BigInteger, Date, Numeric
+from sqlalchemy.types import BigInteger, Date, Numeric, Text
 
 from app.metrics.conversion import Amount, with_fx_rate
 from app.metrics.figures import ZERO, BaseFigures, Figures, derive
@@ -84,16 +84,40 @@ class Summary:
     source: str  # "rollup" or "raw"
 
 
+# A point's sums as PostgreSQL wrote them, when all of its amounts converted (the usual
+# case): gross, refunds, disputes, fees and task cost as exact decimal text (minor units of
+# the reporting currency), then tasks and unpriced tasks. Text, so that presentation can look
+# a point up by it (`app.api.metrics.presented_points`) without making a Decimal: hashing a
+# new Decimal of 20 digits costs more than everything else a point needs.
+SumsText = tuple[str, str, str, str, str, int, int]
+
+
+def base_of(text: SumsText) -> BaseFigures:
+    gross, refunds, disputes, fees, task_cost, tasks, unpriced = text
+    return BaseFigures(
+        gross=Decimal(gross), refunds=Decimal(refunds), disputes=Decimal(disputes),
+        fees=Decimal(fees), task_cost=Decimal(task_cost), tasks=tasks, unpriced_tasks=unpriced,
+    )  # fmt: skip
+
+
 @dataclass
 class SeriesPoint:
     bucket: datetime
     stream: str
-    base: BaseFigures
+    sums: SumsText | BaseFigures  # BaseFigures where some amount did not convert
+
+    @property
+    def text(self) -> SumsText | None:
+        return None if isinstance(self.sums, BaseFigures) else self.sums
+
+    @functools.cached_property
+    def base(self) -> BaseFigures:
+        return self.sums if isinstance(self.sums, BaseFigures) else base_of(self.sums)
 
     @functools.cached_property
     def figures(self) -> Figures:
-        """Derived when first read: the API presents most points from a memo of their base
-        figures (`app.api.metrics.presented_points`) and never needs them."""
+        """Derived when first read: the API presents most points from a memo of their sums
+        (`app.api.metrics.presented_points`) and never needs them."""
         return derive(self.base)
 
 
@@ -339,6 +363,7 @@ def _converted_daily_part(
 
 
 Sums = dict[tuple[datetime | None, str], BaseFigures]
+PointSums = dict[tuple[datetime | None, str], SumsText | BaseFigures]
 
 
 @functools.lru_cache(maxsize=512)
@@ -366,7 +391,8 @@ def _sums_query(
         rows.c.bucket,
         rows.c.stream,
         rows.c.group_currency,
-        *[func.sum(rows.c[c]).label(c) for c in (*LEDGER_MONEY, "task_cost")],
+        # As text: see `SumsText`.
+        *[cast(func.sum(rows.c[c]), Text).label(c) for c in (*LEDGER_MONEY, "task_cost")],
         # Counts come back as integers (sum() of integers is numeric in PostgreSQL).
         *[cast(func.sum(rows.c[c]), BigInteger).label(c) for c in ("tasks", "unpriced")],
     ).group_by(rows.c.period, rows.c.bucket, rows.c.stream, rows.c.group_currency)
@@ -378,6 +404,70 @@ def _sums_query(
     return query.order_by(rows.c.period, rows.c.bucket, rows.c.stream.collate("C"))
 
 
+def _point_sums(
+    conn: Connection,
+    periods: list[MetricsFilter],
+    reporting: str,
+    raw: bool | None,
+    by_bucket: bool,
+) -> list[PointSums]:
+    """Sums per (bucket, stream) of each period, revenue and task costs together, in one
+    statement: the parts of every period are stacked and grouped once, so a request costs one
+    round trip and one plan whatever it asks for. `raw` as in `stream_summary`.
+
+    A point whose amounts all converted is one row, kept as its text (`SumsText`); one with
+    amounts left in their own currency has a row per currency, merged into BaseFigures."""
+    query = _sums_query(tuple(periods), reporting, raw, by_bucket)
+    sums: list[PointSums] = [{} for _ in periods]
+    # Unpacked by position: a few thousand rows per request, and attribute access by name
+    # costs more than the rest.
+    for period, bucket, stream, currency, *amounts in conn.execute(query).all():
+        point = sums[period].get((bucket, stream))
+        if point is None and not currency:  # the usual case: one converted row per point
+            sums[period][(bucket, stream)] = tuple(amounts)
+            continue
+        if point is None:
+            base = BaseFigures()
+        elif isinstance(point, BaseFigures):
+            base = point
+        else:
+            base = base_of(point)
+        sums[period][(bucket, stream)] = base
+        _add_row(base, currency, *amounts)
+    return sums
+
+
+def _add_row(
+    base: BaseFigures,
+    currency: str,
+    gross: str,
+    refunds: str,
+    disputes: str,
+    fees: str,
+    task_cost: str,
+    tasks: int,
+    unpriced: int,
+) -> None:
+    """Add one row of `_sums_query` to `base`: to its figures when converted (`currency`
+    ''), else to its unconverted amounts in `currency`."""
+    base.tasks += tasks
+    base.unpriced_tasks += unpriced
+    if not currency:
+        base.gross += Decimal(gross)
+        base.refunds += Decimal(refunds)
+        base.disputes += Decimal(disputes)
+        base.fees += Decimal(fees)
+        base.task_cost += Decimal(task_cost)
+        return
+    net = int(Decimal(gross) + Decimal(refunds) + Decimal(disputes))
+    if net:
+        base.unconverted_revenue[currency] = base.unconverted_revenue.get(currency, 0) + net
+    # Cost is positive: task costs as they are, fees (negative in the ledger) negated.
+    cost = Decimal(task_cost) - Decimal(fees)
+    if cost:
+        base.unconverted_cost[currency] = base.unconverted_cost.get(currency, ZERO) + cost
+
+
 def _sums(
     conn: Connection,
     periods: list[MetricsFilter],
@@ -385,46 +475,14 @@ def _sums(
     raw: bool | None,
     by_bucket: bool,
 ) -> list[Sums]:
-    """Base figures per (bucket, stream) of each period, revenue and task costs together, in
-    one statement: the parts of every period are stacked and grouped once, so a request costs
-    one round trip and one plan whatever it asks for. `raw` as in `stream_summary`."""
-    query = _sums_query(tuple(periods), reporting, raw, by_bucket)
-    sums: list[Sums] = [{} for _ in periods]
-    # Unpacked by position: a few thousand rows per request, and attribute access by name
-    # costs more than the arithmetic.
-    for period, bucket, stream, currency, *amounts in conn.execute(query).all():
-        gross, refunds, disputes, fees, task_cost, tasks, unpriced = amounts
-        base = sums[period].get((bucket, stream))
-        if base is None and not currency:  # the usual case: one converted row per point
-            sums[period][(bucket, stream)] = BaseFigures(
-                gross=gross,
-                refunds=refunds,
-                disputes=disputes,
-                fees=fees,
-                task_cost=task_cost,
-                tasks=tasks,
-                unpriced_tasks=unpriced,
-            )
-            continue
-        if base is None:
-            base = sums[period][(bucket, stream)] = BaseFigures()
-        base.tasks += tasks
-        base.unpriced_tasks += unpriced
-        if not currency:
-            base.gross += gross
-            base.refunds += refunds
-            base.disputes += disputes
-            base.fees += fees
-            base.task_cost += task_cost
-            continue
-        net = int(gross + refunds + disputes)
-        if net:
-            base.unconverted_revenue[currency] = base.unconverted_revenue.get(currency, 0) + net
-        # Cost is positive: task costs as they are, fees (negative in the ledger) negated.
-        cost = task_cost - fees
-        if cost:
-            base.unconverted_cost[currency] = base.unconverted_cost.get(currency, ZERO) + cost
-    return sums
+    """`_point_sums` as BaseFigures."""
+    return [
+        {
+            key: point if isinstance(point, BaseFigures) else base_of(point)
+            for key, point in period.items()
+        }
+        for period in _point_sums(conn, periods, reporting, raw, by_bucket)
+    ]
 
 
 def _use_raw(f: MetricsFilter, raw: bool | None) -> bool:
@@ -478,10 +536,10 @@ def stream_timeseries(
 ) -> list[SeriesPoint]:
     """Per stream and per bucket of the filter's granularity, cut in its time zone; ordered by
     bucket, then stream (`_sums` reads them in that order)."""
-    (per_bucket,) = _sums(conn, [f], reporting, raw, by_bucket=True)
+    (per_bucket,) = _point_sums(conn, [f], reporting, raw, by_bucket=True)
     return [
-        SeriesPoint(bucket=bucket, stream=stream, base=base)
-        for (bucket, stream), base in per_bucket.items()
+        SeriesPoint(bucket=bucket, stream=stream, sums=sums)
+        for (bucket, stream), sums in per_bucket.items()
         if bucket is not None
     ]
 
