@@ -216,7 +216,9 @@ class Compactor:
 
     def run(self) -> bool:
         t = time.perf_counter()
-        done = compact_now(self.engine)  # False when the other connection's compaction runs
+        # False when the other connection's compaction runs. In the reporting currency, as
+        # the app's: it also builds converted_daily for the days it compacts.
+        done = compact_now(self.engine, REPORTING)
         with self.lock:
             self.seconds += time.perf_counter() - t
             self.runs += done
@@ -842,6 +844,13 @@ def main(argv: list[str] | None = None) -> int:
         equal: dict[str, list[str]] = {}
         explains: dict[str, list[tuple[str, float, float, str]]] = {}
         migrate(url, OUT / "migrate.log")  # again: the code may have moved on since seeding
+        # As the app's first compaction would, a few seconds after start: builds
+        # converted_daily where a database seeded by older code has none.
+        compactor = Compactor(url)
+        compactor.run()
+        compactor.engine.dispose()
+        say(f"compaction before timing (builds converted_daily if missing): "
+            f"{compactor.seconds:.2f} s")  # fmt: skip
         token = viewer_token(url)
         app = App(url, free_port(), OUT / "app.log")
         machine_before = machine_cpu()

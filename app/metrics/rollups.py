@@ -17,7 +17,7 @@ from sqlalchemy import Connection, Engine, text
 
 log = logging.getLogger(__name__)
 
-COMPACTION_LOCK_KEY = 7_311_402_002
+COMPACTION_LOCK_KEY = 7_311_402_002  # also taken by the fx_rates trigger of migration 0013
 
 _KEYS = {
     "ledger_rollup": ("bucket", "stream", "currency", "settlement_currency"),
@@ -82,6 +82,9 @@ def compact(conn: Connection, reporting: str | None = None) -> bool:
     ).scalar_one()
     if not got:
         return False
+    # The tables it writes last, locked first: in the order of a TRUNCATE of every table
+    # (tests), which would otherwise hold them while waiting for the rollups this holds.
+    conn.execute(text("LOCK TABLE converted_daily, converted_days IN ROW EXCLUSIVE MODE"))
     changed_days: set[date] = set()
     for table, sql in COMPACTIONS.items():
         rewritten = conn.execute(text(sql)).scalars().all()

@@ -35,6 +35,9 @@ BEGIN
             IS NOT DISTINCT FROM (NEW.day, NEW.currency, NEW.quote_currency, NEW.rate) THEN
         RETURN NULL;  -- the same rate imported again: nothing to rebuild
     END IF;
+    -- Waits for a running compaction (app/metrics/rollups.py, its advisory lock), which may
+    -- be rebuilding this very day from the old rate; the next one builds it from the new.
+    PERFORM pg_advisory_xact_lock(7311402002);
     IF TG_OP IN ('UPDATE', 'DELETE') THEN
         DELETE FROM converted_days
         WHERE reporting_currency = OLD.quote_currency AND day = OLD.day;

@@ -20,7 +20,9 @@ from tests.conftest import TestDatabase
 
 DAY = date(2024, 5, 6)
 F = MetricsFilter(
-    start=datetime(2024, 5, 1, tzinfo=UTC), end=datetime(2024, 5, 11, tzinfo=UTC), tz=ZoneInfo("UTC")
+    start=datetime(2024, 5, 1, tzinfo=UTC),
+    end=datetime(2024, 5, 11, tzinfo=UTC),
+    tz=ZoneInfo("UTC"),
 )
 
 
