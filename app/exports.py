@@ -76,10 +76,10 @@ from sqlalchemy import (
     literal_column,
     select,
 )
-from sqlalchemy.types import Date
 
 from app.metrics.conversion import FX, Amount, by_exponent, fx_rate_of, with_fx_rate
 from app.metrics.filters import MetricsFilter
+from app.metrics.sources import among, utc_day
 from app.models import execution_tasks, ledger_entries
 from app.money import exponent
 
@@ -156,15 +156,6 @@ def _iso_time(ts: ColumnElement[Any]) -> ColumnElement[str]:
     )
 
 
-def _utc_day(ts: ColumnElement[Any]) -> ColumnElement[Any]:
-    """The UTC day whose FX rate applies (the metrics layer uses the same)."""
-    return cast(func.timezone("UTC", ts), Date)
-
-
-def _in(column: ColumnElement[str], values: tuple[str, ...]) -> ColumnElement[bool]:
-    return column.in_(values) if values else literal(True)
-
-
 def _converted_columns(
     money: Amount, reporting: str, *, whole_minor_units: bool
 ) -> tuple[ColumnElement[str], ColumnElement[str], ColumnElement[str | None]]:
@@ -203,7 +194,7 @@ def _in_period(time: ColumnElement[datetime], f: MetricsFilter) -> list[ColumnEl
 
 def _ledger_filter(f: MetricsFilter) -> list[ColumnElement[bool]]:
     le = ledger_entries.c
-    return [*_in_period(le.booked_at, f), _in(le.stream, f.streams)]
+    return [*_in_period(le.booked_at, f), among(le.stream, f.streams)]
 
 
 def ledger_query(f: MetricsFilter, reporting: str) -> Select[Any]:
@@ -219,7 +210,7 @@ def ledger_query(f: MetricsFilter, reporting: str) -> Select[Any]:
     looked_up = Amount(
         amount=le.amount,
         currency=le.currency,
-        rate=fx_rate_of(_utc_day(le.booked_at), le.currency, reporting),
+        rate=fx_rate_of(utc_day(le.booked_at), le.currency, reporting),
         settled=le.settlement_amount,
         settlement_currency=le.settlement_currency,
     )
@@ -282,7 +273,7 @@ def tasks_query(f: MetricsFilter, reporting: str) -> Select[Any]:
     x = execution_tasks.c
     currency = func.coalesce(x.cost_currency, x.priced_currency)  # NULL: unpriced
     cost = func.coalesce(x.cost_amount, x.priced_amount)
-    joined, rate = with_fx_rate(execution_tasks, _utc_day(x.started_at), currency, reporting)
+    joined, rate = with_fx_rate(execution_tasks, utc_day(x.started_at), currency, reporting)
     money = Amount(amount=cost, currency=currency, rate=rate)
     reporting_cost, rate_used, rule = _converted_columns(money, reporting, whole_minor_units=False)
     text = _neutralised_sql
@@ -310,9 +301,9 @@ def tasks_query(f: MetricsFilter, reporting: str) -> Select[Any]:
         .select_from(joined)
         .where(
             *_in_period(x.started_at, f),
-            _in(x.stream, f.streams),
-            _in(func.coalesce(x.ai_model, ""), f.ai_models),
-            _in(x.task_type, f.task_types),
+            among(x.stream, f.streams),
+            among(func.coalesce(x.ai_model, ""), f.ai_models),
+            among(x.task_type, f.task_types),
         )
         .order_by(x.started_at, x.external_id)
     )

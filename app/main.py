@@ -39,13 +39,14 @@ log = logging.getLogger(__name__)
 ROLLUP_COMPACTION_SECONDS = 10.0
 
 
-async def compact_rollups_forever(engine: Engine, reporting: str) -> None:
-    """Keep the rollups small and `converted_daily` built in the reporting currency. Figures
-    do not wait for this: readers sum uncompacted rows and convert days not built."""
+async def compact_rollups_forever(engine: Engine, reporting: str, zone: str) -> None:
+    """Keep the rollups small and `converted_daily` built in the reporting currency, its days
+    cut at the app's zone's midnights. Figures do not wait for this: readers sum uncompacted
+    rows and convert days not built."""
     while True:
         await asyncio.sleep(ROLLUP_COMPACTION_SECONDS)
         try:
-            await asyncio.to_thread(compact_now, engine, reporting)
+            await asyncio.to_thread(compact_now, engine, reporting, zone)
         except Exception as exc:  # the database may be briefly away; try again next round
             log.warning("rollup compaction failed: %s", exc)
 
@@ -67,7 +68,7 @@ def create_app(settings: Settings | None = None, *, check_schema: bool = True) -
         await writer.start()
         feed.start()
         compactor = asyncio.create_task(
-            compact_rollups_forever(engine, settings.reporting_currency)
+            compact_rollups_forever(engine, settings.reporting_currency, settings.timezone)
         )
         # Returns at once without STRIPE_API_KEY: fees then stay unknown (trust.fees_unknown).
         fee_fetcher = asyncio.create_task(fetch_fees_forever(settings))

@@ -499,33 +499,38 @@ task_stream_rollup = _task_rollup(
 ledger_rollup_daily = _ledger_rollup("ledger_rollup_daily", "day")
 task_stream_rollup_daily = _task_rollup("task_stream_rollup_daily", "day")
 
-# Converted daily figures (migration 0013): per reporting currency, UTC day and stream, what
-# the per-stream metrics read from the two daily rollups above, already converted by the rules
-# of app/metrics/conversion.py and summed (ledger and task costs in one row). Money in minor
-# units of the reporting currency (`group_currency` ''), or, where no rule converts it, of
-# `group_currency`. A cache of the *compacted* daily rollup rows of the days listed in
-# `converted_days`, kept by compaction (app/metrics/rollups.py); an FX rate change drops the
-# days it affects (trigger). Readers add the rest (rows not compacted yet, days not listed)
-# converted as they read them, so the figures never depend on it being up to date.
+# Converted daily figures (migrations 0013, 0014): per reporting currency, UTC day, piece of
+# it and stream, the per-stream hourly rollup rows above already converted by the rules of
+# app/metrics/conversion.py and summed (ledger and task costs in one row). A day is cut in
+# pieces where `split_zone` (the app's ROI_TIMEZONE) starts a local day; `piece_start` is a
+# piece's first instant. Money in minor units of the reporting currency (`group_currency` ''),
+# or, where no rule converts it, of `group_currency`. A cache of the *compacted* hourly rows of
+# the days listed in `converted_days`, kept by compaction (app/metrics/rollups.py); an FX rate
+# change drops the days it affects (trigger). Readers add the rest (rows not compacted yet,
+# days not listed) converted as they read them, so the figures never depend on it being up to
+# date.
 converted_daily = Table(
     "converted_daily",
     metadata,
     Column("reporting_currency", Text, primary_key=True),
     Column("day", Date, primary_key=True),
+    Column("piece_start", DateTime(timezone=True), primary_key=True),
     Column("stream", Text, primary_key=True),
     Column("group_currency", Text, primary_key=True),
+    Column("split_zone", Text, nullable=False),
     *[Column(m, Numeric, nullable=False) for m in ("gross", "refunds", "disputes", "fees")],
     Column("task_cost", Numeric, nullable=False),
     Column("tasks", BigInteger, nullable=False),
     Column("unpriced", BigInteger, nullable=False),
     Column("entries", BigInteger, nullable=False),
 )
-# The days whose compacted daily rollup rows `converted_daily` holds, per reporting currency.
+# The days `converted_daily` holds, per reporting currency, and the zone they were cut in.
 converted_days = Table(
     "converted_days",
     metadata,
     Column("reporting_currency", Text, primary_key=True),
     Column("day", Date, primary_key=True),
+    Column("split_zone", Text, nullable=False),
 )
 
 

@@ -46,6 +46,7 @@ from bench.metrics import (  # noqa: E402  (after the path set-up)
     App,
     BenchError,
     Timing,
+    build_converted,
     busy_cores,
     free_port,
     local_admin_url,
@@ -198,7 +199,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--reuse", help="measure a database kept by an earlier --keep run")
     p.add_argument("--seed-only", action="store_true", help="seed (with --keep), then stop")
     p.add_argument("--json", type=Path, help="write the figures to this file")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.app_zone = args.tz  # the app's ROI_TIMEZONE, the zone its dashboard opens in
+    return args
 
 
 def run(args: argparse.Namespace) -> bool:
@@ -212,8 +215,9 @@ def run(args: argparse.Namespace) -> bool:
             say(f"  seeded in {facts['seed_seconds']:,.0f} s")
         if args.seed_only:
             return True
+        say(f"compaction before timing: {build_converted(url, args.app_zone)}")
         say("machine: " + wait_for_quiet(args.quiet_wait))
-        app = App(url, free_port(), OUT / "app.log")
+        app = App(url, free_port(), OUT / "app.log", args.app_zone)
         app.env["STRIPE_WEBHOOK_SECRET"] = SECRET
         chrome = None
         token = viewer_token(url)

@@ -31,7 +31,7 @@ from sqlalchemy import (
     union_all,
 )
 from sqlalchemy.sql import Join, Subquery
-from sqlalchemy.types import BigInteger, Date, Numeric, Text
+from sqlalchemy.types import BigInteger, Numeric, Text
 
 from app.metrics.conversion import Amount, with_fx_rate
 from app.metrics.figures import ZERO, BaseFigures, Figures, derive
@@ -43,7 +43,14 @@ from app.metrics.filters import (
     rollups_are_exact,
     whole_hour_offsets,
 )
-from app.metrics.sources import LEDGER_MONEY, day_noon, ledger_source, task_source
+from app.metrics.sources import (
+    LEDGER_MONEY,
+    among,
+    ledger_source,
+    pieces_zone,
+    task_source,
+    utc_day,
+)
 from app.models import converted_daily, execution_tasks, ledger_entries, stripe_events
 
 UNATTRIBUTED = "unattributed"
@@ -155,7 +162,7 @@ def _dated(
     bucket = _bucket(f, src.c.ts) if by_bucket else null()
     columns = [src.c[k] for k in keys]
     if presummed:
-        day = cast(func.timezone("UTC", src.c.ts), Date)
+        day = utc_day(src.c.ts)
         sum_columns = [src.c[s] for s in sums]
         return select(bucket.label("bucket"), day.label("day"), *columns, *sum_columns).subquery(
             "pre"
@@ -169,9 +176,7 @@ def _dated(
         settled=src.c[sums[0]] if "settlement_currency" in keys else None,
         settlement_currency=src.c.settlement_currency if "settlement_currency" in keys else None,
     )
-    fx_day = case(
-        (money.needs_rate(reporting), cast(func.timezone("UTC", src.c.ts), Date)), else_=null()
-    )
+    fx_day = case((money.needs_rate(reporting), utc_day(src.c.ts)), else_=null())
     return (
         select(
             bucket.label("bucket"),
@@ -341,10 +346,13 @@ def _converted_daily_part(
     f: MetricsFilter, reporting: str, by_bucket: bool, span: tuple[datetime, datetime]
 ) -> Select[Any]:
     """The span's days as `converted_daily` holds them in `reporting` (already converted and
-    summed per stream), each in the bucket of its noon like a daily rollup row."""
+    summed per stream and piece of a day), each piece in the bucket of its first instant. For
+    buckets that do not follow UTC days, only days cut in the filter's zone (`pieces_zone`);
+    the sources read the others."""
     c = converted_daily.c
     first, last = span
-    bucket = _bucket(f, day_noon(c.day)) if by_bucket else null()
+    zone = pieces_zone(f, by_bucket, span)
+    bucket = _bucket(f, c.piece_start) if by_bucket else null()
     return select(
         bucket.label("bucket"),
         c.stream,
@@ -358,7 +366,8 @@ def _converted_daily_part(
         c.reporting_currency == reporting,
         c.day >= first.date(),
         c.day < last.date(),
-        c.stream.in_(f.streams) if f.streams else literal(True),
+        among(c.stream, f.streams),
+        c.split_zone == zone if zone is not None else literal(True),
     )
 
 

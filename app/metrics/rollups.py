@@ -4,14 +4,14 @@ Triggers append one row per key and statement; readers sum all rows of a key, so
 exact without compaction. Compaction only keeps the tables small: it replaces every key that
 has new rows with one row holding the sum. One compaction runs at a time per database.
 
-It also keeps `converted_daily` (app/metrics/converted.py): the days whose daily rows it
-rewrites are dropped there and built again, in the same transaction.
+It also keeps `converted_daily` (app/metrics/converted.py): the days whose per-stream hourly
+rows it rewrites are dropped there and built again, in the same transaction.
 """
 
 from __future__ import annotations
 
 import logging
-from datetime import date
+from datetime import UTC, date, datetime
 
 from sqlalchemy import Connection, Engine, text
 
@@ -68,13 +68,15 @@ def _compaction_sql(table: str) -> str:
 COMPACTIONS = {table: _compaction_sql(table) for table in _KEYS}
 
 
-DAILY = ("ledger_rollup_daily", "task_stream_rollup_daily")
+# The rollups `converted_daily` is built from: a day whose hours these rewrite is built again.
+CONVERTED_FROM = ("ledger_rollup", "task_stream_rollup")
 
 
-def compact(conn: Connection, reporting: str | None = None) -> bool:
+def compact(conn: Connection, reporting: str | None = None, split_zone: str = "UTC") -> bool:
     """Compact every rollup in the caller's transaction, then bring `converted_daily` up to
     date with it (`app.metrics.converted.refresh`; built in `reporting`, the app's reporting
-    currency, when given). False if another compaction runs."""
+    currency, when given, cut in `split_zone`, the app's zone). False if another compaction
+    runs."""
     from app.metrics.converted import refresh  # the metrics queries: not needed by importers
 
     got = conn.execute(
@@ -88,12 +90,16 @@ def compact(conn: Connection, reporting: str | None = None) -> bool:
     changed_days: set[date] = set()
     for table, sql in COMPACTIONS.items():
         rewritten = conn.execute(text(sql)).scalars().all()
-        if table in DAILY:
-            changed_days.update(rewritten)
-    refresh(conn, changed_days, reporting)
+        if table in CONVERTED_FROM:
+            changed_days.update(_utc_day(hour) for hour in rewritten)
+    refresh(conn, changed_days, reporting, split_zone)
     return True
 
 
-def compact_now(engine: Engine, reporting: str | None = None) -> bool:
+def _utc_day(instant: datetime) -> date:
+    return instant.astimezone(UTC).date()
+
+
+def compact_now(engine: Engine, reporting: str | None = None, split_zone: str = "UTC") -> bool:
     with engine.begin() as conn:
-        return compact(conn, reporting)
+        return compact(conn, reporting, split_zone)

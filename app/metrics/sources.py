@@ -46,7 +46,8 @@ LEDGER_MONEY = ("gross", "refunds", "disputes", "fees")
 KIND_OF = {"gross": "charge", "refunds": "refund", "disputes": "dispute", "fees": "fee"}
 
 
-def _in(column: ColumnElement[str], values: tuple[str, ...]) -> ColumnElement[bool]:
+def among(column: ColumnElement[str], values: tuple[str, ...]) -> ColumnElement[bool]:
+    """`column` is one of `values`; no condition when there are none."""
     return column.in_(values) if values else literal(True)
 
 
@@ -72,8 +73,10 @@ def _hourly_and_daily(
     `daily_span` allows), hourly rows for the rest. `ts` is the hour, or the day's noon (the
     instant that decides a daily row's bucket, and whose UTC day its FX rate is of).
 
-    With `converted` (a reporting currency), the daily rows that `converted_daily` already
-    holds in it are left out (`_daily_rows`): the caller reads those converted.
+    With `converted` (a reporting currency), the days that `converted_daily` holds in it, cut
+    to fit these buckets (`pieces_zone`), are left to the caller, who reads them converted;
+    only their hourly rows not compacted yet are read here. The other days are read as
+    without it.
 
     With buckets in a zone other than UTC, some hours of a day belong to another bucket than
     its noon (`moved_hours`): they are read from hourly rows and counted twice, negated at the
@@ -81,50 +84,47 @@ def _hourly_and_daily(
     h = hourly.c
     span = daily_span(f, by_bucket)
 
-    def hours(lo: datetime, hi: datetime) -> Select[Any]:
+    def hours(lo: datetime, hi: datetime, *where: ColumnElement[bool]) -> Select[Any]:
         keys, sums = columns(hourly)
         return select(h.bucket.label("ts"), *keys, *sums).where(
-            h.bucket >= lo, h.bucket < hi, _in(h.stream, f.streams)
+            h.bucket >= lo, h.bucket < hi, among(h.stream, f.streams), *where
         )
 
     if span is None:
         return hours(f.start, f.end)
     first, last = span
-    parts: list[Select[Any]] = [
-        hours(f.start, first),
-        *_daily_rows(f, daily, columns, span, converted),
-        hours(last, f.end),
-    ]
+    parts = [hours(f.start, first), hours(last, f.end)]
+    unbuilt = None
+    if converted is not None:
+        unbuilt = _unbuilt_days(span, converted, pieces_zone(f, by_bucket, span))
+        # The built days' rows compaction has not folded into `converted_daily` yet: few,
+        # through the partial index on them.
+        parts.append(hours(first, last, ~h.compacted, ~(utc_day(h.bucket) == any_(unbuilt))))
+    parts.append(_daily_rows(f, daily, columns, span, unbuilt))
     moved = moved_hours(f, span) if by_bucket else ()
     if moved:
-        parts += _moved_rows(f, hourly, columns, moved)
+        parts += _moved_rows(f, hourly, columns, moved, unbuilt)
     return union_all(*parts)
 
 
-def _daily_rows(
-    f: MetricsFilter,
-    daily: Table,
-    columns: Callable[[Table], Columns],
-    span: tuple[datetime, datetime],
-    converted: str | None,
-) -> list[Select[Any]]:
-    """The daily rollup rows of the span's days. With `converted`, only those that
-    `converted_daily` does not hold in that currency: rows not compacted yet (few, through the
-    partial index on them), and the compacted rows of days not listed in `converted_days`
-    (none once compaction has built them: the list of those days is computed first, so no
-    other row is read)."""
-    d = daily.c
+def pieces_zone(f: MetricsFilter, by_bucket: bool, span: tuple[datetime, datetime]) -> str | None:
+    """The zone `converted_daily`'s days must be cut in to fit these buckets: the filter's own
+    when some hours of a UTC day lie in another bucket than its noon (`moved_hours`), else
+    None (any cut fits: the buckets follow UTC days, or there are none)."""
+    return f.tz.key if by_bucket and moved_hours(f, span) else None
+
+
+def utc_day(instant: ColumnElement[Any]) -> ColumnElement[Any]:
+    """The UTC day of an instant: the day whose FX rate converts what happened then."""
+    return cast(func.timezone("UTC", instant), Date)
+
+
+def _unbuilt_days(
+    span: tuple[datetime, datetime], reporting: str, zone: str | None
+) -> ColumnElement[Any]:
+    """The span's days that `converted_daily` does not hold in `reporting` (cut in `zone`,
+    when given), as an array: none once compaction has built them all."""
     first, last = span
-    keys, sums = columns(daily)
-
-    def rows(*where: ColumnElement[bool]) -> Select[Any]:
-        query: Select[Any] = select(day_noon(d.day).label("ts"), *keys, *sums)
-        return query.where(
-            d.day >= first.date(), d.day < last.date(), _in(d.stream, f.streams), *where
-        )
-
-    if converted is None:
-        return [rows()]
     built = converted_days.c
     span_days = select(
         cast(
@@ -136,17 +136,32 @@ def _daily_rows(
             Date,
         ).label("day")
     )
-    unbuilt = span_days.except_(
-        select(built.day).where(
-            built.reporting_currency == converted,
-            built.day >= first.date(),
-            built.day < last.date(),
-        )
-    ).subquery("unbuilt")
-    # = ANY(ARRAY(SELECT ...)): PostgreSQL computes the days first, then reads only theirs
-    # through the index on `day` (none once all are built).
-    unbuilt_days = func.array(select(unbuilt.c.day).scalar_subquery())
-    return [rows(~d.compacted), rows(d.compacted, d.day == any_(unbuilt_days))]
+    listed = select(built.day).where(
+        built.reporting_currency == reporting,
+        built.day >= first.date(),
+        built.day < last.date(),
+        built.split_zone == zone if zone is not None else literal(True),
+    )
+    unbuilt = span_days.except_(listed).subquery("unbuilt")
+    # = ANY(ARRAY(SELECT ...)) where used: PostgreSQL computes the days first, then reads only
+    # theirs through the index (none once all are built).
+    return func.array(select(unbuilt.c.day).scalar_subquery())
+
+
+def _daily_rows(
+    f: MetricsFilter,
+    daily: Table,
+    columns: Callable[[Table], Columns],
+    span: tuple[datetime, datetime],
+    unbuilt: ColumnElement[Any] | None,
+) -> Select[Any]:
+    """The daily rollup rows of the span's days (only of the `unbuilt` ones, when given)."""
+    d = daily.c
+    first, last = span
+    keys, sums = columns(daily)
+    query: Select[Any] = select(day_noon(d.day).label("ts"), *keys, *sums)
+    query = query.where(d.day >= first.date(), d.day < last.date(), among(d.stream, f.streams))
+    return query if unbuilt is None else query.where(d.day == any_(unbuilt))
 
 
 def _moved_rows(
@@ -154,20 +169,26 @@ def _moved_rows(
     hourly: Table,
     columns: Callable[[Table], Columns],
     moved: tuple[tuple[datetime, datetime], ...],
+    unbuilt: ColumnElement[Any] | None,
 ) -> list[Select[Any]]:
-    """The moved hours' rows, summed per (day and bucket, keys) first (a few rows per day
-    instead of one per hour), then twice: negated at their day's noon, and as they are at
-    the first hour of their group, which lies in their own bucket."""
+    """The moved hours' rows (only of the `unbuilt` days, when given), summed per (day and
+    bucket, keys) first (a few rows per day instead of one per hour), then twice: negated at
+    their day's noon, and as they are at the first hour of their group, which lies in their
+    own bucket."""
     h = hourly.c
     keys, sums = columns(hourly)
+    all_hours = literal([hour for hour, _ in moved], HOURS)
     groups = (
-        func.unnest(
-            literal([hour for hour, _ in moved], HOURS),
-            literal([first for _, first in moved], HOURS),
-        )
+        func.unnest(all_hours, literal([first for _, first in moved], HOURS))
         .table_valued("hour", "first_hour")
         .render_derived(name="moved_hours")
     )
+    read: ColumnElement[Any] = all_hours
+    if unbuilt is not None:
+        wanted = func.unnest(all_hours).table_valued("hour").render_derived(name="wanted")
+        read = func.array(
+            select(wanted.c.hour).where(utc_day(wanted.c.hour) == any_(unbuilt)).scalar_subquery()
+        )
     summed = (
         select(
             groups.c.first_hour.label("ts"),
@@ -177,8 +198,8 @@ def _moved_rows(
         )
         .select_from(hourly.join(groups, h.bucket == groups.c.hour))
         # Also as a condition on the indexed column, so the hours are read through the index.
-        .where(h.bucket == any_(literal([hour for hour, _ in moved], HOURS)))
-        .where(_in(h.stream, f.streams))
+        .where(h.bucket == any_(read))
+        .where(among(h.stream, f.streams))
         .group_by(groups.c.first_hour, *keys)
         .cte(f"moved_{hourly.name}")  # read by both selects below, computed once
     )
@@ -229,7 +250,7 @@ def ledger_source(
             for m in LEDGER_MONEY
         ],
         literal(1).label("entries"),
-    ).where(le.booked_at >= f.start, le.booked_at < f.end, _in(le.stream, f.streams))
+    ).where(le.booked_at >= f.start, le.booked_at < f.end, among(le.stream, f.streams))
 
 
 def task_stream_columns(table: Table) -> Columns:
@@ -263,9 +284,9 @@ def task_source(
         return select(*columns).where(
             t.bucket >= f.start,
             t.bucket < f.end,
-            _in(t.stream, f.streams),
-            _in(t.ai_model, f.ai_models),
-            _in(t.task_type, f.task_types),
+            among(t.stream, f.streams),
+            among(t.ai_model, f.ai_models),
+            among(t.task_type, f.task_types),
         )
     x = execution_tasks.c
     raw_columns: list[ColumnElement[Any]] = [x.started_at.label("ts"), x.stream]
@@ -291,8 +312,8 @@ def task_source(
         and_(
             x.started_at >= f.start,
             x.started_at < f.end,
-            _in(x.stream, f.streams),
-            _in(func.coalesce(x.ai_model, ""), f.ai_models),
-            _in(x.task_type, f.task_types),
+            among(x.stream, f.streams),
+            among(func.coalesce(x.ai_model, ""), f.ai_models),
+            among(x.task_type, f.task_types),
         )
     )

@@ -1,7 +1,7 @@
 """`converted_daily`: built by compaction, read by the metrics, dropped where it would be stale.
 
 The property test (test_rollups_match_raw.py) checks that figures are exact with it; these
-check that it is really read, and when it is not.
+check that it is really read, and when it is not, and how a day is cut in pieces.
 """
 
 from __future__ import annotations
@@ -130,3 +130,60 @@ def test_each_reporting_currency_has_its_own_days(db: TestDatabase) -> None:
     _write(db, datetime(2024, 5, 6, 10, tzinfo=UTC), 500)
     compact_now(db.engine, "usd")
     assert _days(db, "usd") == [DAY] and _days(db, "eur") == []
+
+
+NEW_YORK = ZoneInfo("America/New_York")
+
+
+def _series(db: TestDatabase, zone: str) -> dict[date, Decimal]:
+    tz = ZoneInfo(zone)
+    f = MetricsFilter(
+        start=datetime(2024, 5, 1, tzinfo=tz), end=datetime(2024, 5, 11, tzinfo=tz), tz=tz
+    )
+    with db.engine.connect() as conn:
+        return {
+            p.bucket.astimezone(tz).date(): p.base.gross for p in stream_timeseries(conn, f, "usd")
+        }
+
+
+def test_days_are_cut_at_the_apps_local_midnights_and_read_so_in_its_zone(
+    db: TestDatabase,
+) -> None:
+    # 02:00 UTC is 22:00 of the day before in New York (EDT); 09:00 UTC is 05:00 the same day.
+    _write(db, datetime(2024, 5, 6, 2, tzinfo=UTC), 1_000)
+    _write(db, datetime(2024, 5, 6, 9, tzinfo=UTC), 2_000)
+    compact_now(db.engine, "usd", "America/New_York")
+    pieces = db.rows(
+        "SELECT piece_start, split_zone, gross FROM converted_daily WHERE day = :d"
+        " ORDER BY piece_start",
+        d=DAY,
+    )
+    assert pieces == [
+        {"piece_start": datetime(2024, 5, 6, 0, tzinfo=UTC), "split_zone": "America/New_York",
+         "gross": 1_000},
+        {"piece_start": datetime(2024, 5, 6, 4, tzinfo=UTC), "split_zone": "America/New_York",
+         "gross": 2_000},
+    ]  # fmt: skip
+    # A mark in the later piece shows where the pieces are read: in New York, in UTC and in
+    # the summary; not in Berlin, whose local days they do not fit (read from the rollups).
+    db.execute("UPDATE converted_daily SET gross = gross + 7 WHERE gross = 2000")
+    assert _series(db, "America/New_York") == {DAY - timedelta(days=1): 1_000, DAY: 2_007}
+    assert _series(db, "UTC") == {DAY: 3_007}
+    assert _gross(db) == 3_007
+    assert _series(db, "Europe/Berlin") == {DAY: 3_000}
+    # A row written after the build, in a built day, goes to its own local day.
+    _write(db, datetime(2024, 5, 6, 3, tzinfo=UTC), 500)
+    assert _series(db, "America/New_York") == {DAY - timedelta(days=1): 1_500, DAY: 2_007}
+
+
+def test_a_new_zone_has_the_days_cut_again(db: TestDatabase) -> None:
+    _write(db, datetime(2024, 5, 6, 2, tzinfo=UTC), 1_000)
+    compact_now(db.engine, "usd", "America/New_York")
+    db.execute("UPDATE converted_daily SET gross = gross + 7")
+    assert _series(db, "America/New_York") == {DAY - timedelta(days=1): 1_007}
+    compact_now(db.engine, "usd", "Europe/Berlin")  # the app restarted in another zone
+    assert db.rows("SELECT day, split_zone FROM converted_days") == [
+        {"day": DAY, "split_zone": "Europe/Berlin"}
+    ]
+    assert _series(db, "America/New_York") == {DAY - timedelta(days=1): 1_000}
+    assert _series(db, "Europe/Berlin") == {DAY: 1_000}

@@ -11,12 +11,14 @@ from __future__ import annotations
 from collections import defaultdict
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from unittest.mock import patch
 from zoneinfo import ZoneInfo
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import insert, text
 
+from app.metrics import converted
 from app.metrics.figures import BaseFigures
 from app.metrics.filters import (
     MetricsFilter,
@@ -78,6 +80,7 @@ def _write(
     entries: list[dict[str, object]],
     tasks: list[dict[str, object]],
     compact_again: bool,
+    split_zone: str,
 ) -> list[dict[str, object]]:
     ledger_rows = []
     for i, e in enumerate(entries):
@@ -131,9 +134,10 @@ def _write(
                 conn.execute(insert(ledger_entries), chunk)
         if task_rows:
             conn.execute(insert(execution_tasks), task_rows)
-    # Also builds `converted_daily` in the reporting currency: the reads below then take its
-    # days from it, and the rows written after it (not compacted) converted as they read them.
-    compact_now(db.engine, REPORTING)
+    # Also builds `converted_daily` in the reporting currency, cut in `split_zone`: the reads
+    # below then take its days from it where its pieces fit their buckets, and the rows written
+    # after it (not compacted) converted as they read them.
+    compact_now(db.engine, REPORTING, split_zone)
     with db.engine.begin() as conn:
         # Re-attribution and removal, as rebuilding a charge's ledger does.
         conn.execute(text("UPDATE ledger_entries SET stream = 'api' WHERE entry_key LIKE '%3'"))
@@ -147,7 +151,7 @@ def _write(
             {"rate": CHANGED_RATE, "day": CHANGED_DAY},
         )
     if compact_again:  # the changed days and the corrected one built again
-        compact_now(db.engine, REPORTING)
+        compact_now(db.engine, REPORTING, split_zone)
     for row in ledger_rows:
         if str(row["entry_key"]).endswith("3"):
             row["stream"] = "api"
@@ -278,7 +282,59 @@ def _normal(
     days=st.integers(1, 20),
     only_api=st.booleans(),
     compact_again=st.booleans(),
+    # Cut in the zone read (None), or in another; all days built per round, or a few.
+    split_zone=st.sampled_from([None, *ZONES]),
+    days_per_round=st.sampled_from([converted.MAX_DAYS_PER_ROUND, 4]),
 )
+# Always tried, as chance rarely puts rows in the hours a daily bucket in New York takes from
+# the next UTC day: every day's 02:00 and 09:00 UTC, days cut in that zone, all or some built.
+@example(
+    entries=[
+        {
+            "hour": 24 * day + hour,
+            "minute": 30,
+            "stream": "api",
+            "kind": "charge",
+            "amount": 1_000 + day,
+            "currency": currency,
+            "settled": False,
+        }
+        for day in range(14)
+        for hour, currency in ((2, "usd"), (9, "eur"))
+    ],
+    tasks=[
+        {
+            "hour": 24 * day + 3,
+            "minute": 0,
+            "stream": "api",
+            "ai_model": "gpt-x",
+            "task_type": "classify",
+            "status": "succeeded",
+            "duration_ms": 10,
+            "cost": Decimal("1.5"),
+            "currency": "usd",
+        }
+        for day in range(14)
+    ],
+    zone="America/New_York",
+    granularity="day",
+    first_day=2,
+    days=10,
+    only_api=False,
+    compact_again=False,
+    split_zone=None,
+    days_per_round=4,
+).via("New York days")
+@example(
+    entries=[
+        {"hour": 24 * day + 2, "minute": 30, "stream": "api", "kind": "charge",
+         "amount": 1_000 + day, "currency": "usd", "settled": False}
+        for day in range(14)
+    ],
+    tasks=[], zone="America/New_York", granularity="week", first_day=2, days=20,
+    only_api=False, compact_again=True, split_zone=None,
+    days_per_round=converted.MAX_DAYS_PER_ROUND,
+).via("New York weeks")  # fmt: skip
 def test_rollups_and_raw_tables_agree_with_an_oracle(
     db: TestDatabase,
     entries: list[dict[str, object]],
@@ -289,9 +345,12 @@ def test_rollups_and_raw_tables_agree_with_an_oracle(
     days: int,
     only_api: bool,
     compact_again: bool,
+    split_zone: str | None,
+    days_per_round: int,
 ) -> None:
     db.truncate()
-    ledger_rows, task_rows = _write(db, entries, tasks, compact_again)
+    with patch.object(converted, "MAX_DAYS_PER_ROUND", days_per_round):
+        ledger_rows, task_rows = _write(db, entries, tasks, compact_again, split_zone or zone)
     tz = ZoneInfo(zone)
     start_day = date(2024, 3, 1) + timedelta(days=first_day)
     start = datetime.combine(start_day, datetime.min.time(), tzinfo=tz)
