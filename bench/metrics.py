@@ -236,7 +236,7 @@ class Compactor:
         t = time.perf_counter()
         # False when the other connection's compaction runs. In the reporting currency and
         # zone, as the app's: it also builds converted_daily for the days it compacts.
-        done = compact_now(self.engine, REPORTING, self.zone)
+        done = compact_now(self.engine, REPORTING, self.zone)  # vacuums after a large build
         with self.lock:
             self.seconds += time.perf_counter() - t
             self.runs += done
@@ -268,7 +268,7 @@ def seed_table(
     return time.perf_counter() - started
 
 
-def seed(url: str, args: argparse.Namespace, now: datetime) -> dict[str, Any]:
+def seed(url: str, args: argparse.Namespace, now: datetime, zone: str = "UTC") -> dict[str, Any]:
     span = timedelta(days=args.days)
     t0 = now - span
     facts: dict[str, Any] = {"data_from": t0.isoformat(), "data_to": now.isoformat()}
@@ -281,7 +281,7 @@ def seed(url: str, args: argparse.Namespace, now: datetime) -> dict[str, Any]:
     seconds: dict[str, float] = {}
     errors: list[BaseException] = []
 
-    compactor = Compactor(url, args.app_zone)
+    compactor = Compactor(url, zone)  # the app's ROI_TIMEZONE
 
     def run(name: str, sql: str, rows: int) -> None:
         try:
@@ -439,7 +439,7 @@ def free_port() -> int:
 class App:
     """`roi serve` in its own process group, stopped (and its group killed) in every case."""
 
-    def __init__(self, database_url: str, port: int, log_path: Path, zone: str) -> None:
+    def __init__(self, database_url: str, port: int, log_path: Path, zone: str = "UTC") -> None:
         self.port = port
         self.log_path = log_path
         self.env = {**os.environ, "DATABASE_URL": database_url, "ROI_TIMEZONE": zone}
@@ -837,7 +837,7 @@ def main(argv: list[str] | None = None) -> int:
             seeded: dict[str, Any] = {"reused": args.reuse}
         else:
             say(f"seeding in chunks of {args.chunk:,} rows ({args.seed_jobs} connections)")
-            seeded = seed(url, args, now)
+            seeded = seed(url, args, now, args.app_zone)
         facts = table_facts(url)
         results["seed"], results["tables"] = seeded, facts
         say()

@@ -72,18 +72,18 @@ COMPACTIONS = {table: _compaction_sql(table) for table in _KEYS}
 CONVERTED_FROM = ("ledger_rollup", "task_stream_rollup")
 
 
-def compact(conn: Connection, reporting: str | None = None, split_zone: str = "UTC") -> bool:
+def compact(conn: Connection, reporting: str | None = None, split_zone: str = "UTC") -> int | None:
     """Compact every rollup in the caller's transaction, then bring `converted_daily` up to
     date with it (`app.metrics.converted.refresh`; built in `reporting`, the app's reporting
-    currency, when given, cut in `split_zone`, the app's zone). False if another compaction
-    runs."""
+    currency, when given, cut in `split_zone`, the app's zone). Returns the number of days it
+    built there, or None if another compaction runs."""
     from app.metrics.converted import refresh  # the metrics queries: not needed by importers
 
     got = conn.execute(
         text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": COMPACTION_LOCK_KEY}
     ).scalar_one()
     if not got:
-        return False
+        return None
     # The tables it writes last, locked first: in the order of a TRUNCATE of every table
     # (tests), which would otherwise hold them while waiting for the rollups this holds.
     conn.execute(text("LOCK TABLE converted_daily, converted_days IN ROW EXCLUSIVE MODE"))
@@ -92,14 +92,24 @@ def compact(conn: Connection, reporting: str | None = None, split_zone: str = "U
         rewritten = conn.execute(text(sql)).scalars().all()
         if table in CONVERTED_FROM:
             changed_days.update(_utc_day(hour) for hour in rewritten)
-    refresh(conn, changed_days, reporting, split_zone)
-    return True
+    return refresh(conn, changed_days, reporting, split_zone)
 
 
 def _utc_day(instant: datetime) -> date:
     return instant.astimezone(UTC).date()
 
 
+# A round that built this many days of `converted_daily` (a first build, or a new zone) left
+# as many dead rows behind as the table has live ones in that stretch: it is vacuumed at once,
+# rather than read through them until autovacuum comes by (if it is on at all).
+VACUUM_AFTER_DAYS = 20
+
+
 def compact_now(engine: Engine, reporting: str | None = None, split_zone: str = "UTC") -> bool:
+    """`compact` in a transaction of its own; False if another compaction runs."""
     with engine.begin() as conn:
-        return compact(conn, reporting, split_zone)
+        built = compact(conn, reporting, split_zone)
+    if built is not None and built >= VACUUM_AFTER_DAYS:
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.exec_driver_sql("VACUUM (ANALYZE) converted_daily, converted_days")
+    return built is not None

@@ -14,7 +14,7 @@ from sqlalchemy import insert
 
 from app.metrics.filters import MetricsFilter
 from app.metrics.queries import stream_summary, stream_timeseries
-from app.metrics.rollups import compact_now
+from app.metrics.rollups import VACUUM_AFTER_DAYS, compact_now
 from app.models import execution_tasks, fx_rates, ledger_entries
 from tests.conftest import TestDatabase
 
@@ -187,3 +187,19 @@ def test_a_new_zone_has_the_days_cut_again(db: TestDatabase) -> None:
     ]
     assert _series(db, "America/New_York") == {DAY - timedelta(days=1): 1_000}
     assert _series(db, "Europe/Berlin") == {DAY: 1_000}
+
+
+def _vacuums(db: TestDatabase) -> int:
+    rows = db.rows("SELECT vacuum_count FROM pg_stat_user_tables WHERE relname = 'converted_daily'")
+    return int(rows[0]["vacuum_count"])
+
+
+def test_a_large_build_vacuums_what_it_replaced(db: TestDatabase) -> None:
+    _write(db, datetime(2024, 5, 6, 9, tzinfo=UTC), 1_000)
+    before = _vacuums(db)
+    compact_now(db.engine, "usd")  # one day: left to autovacuum
+    assert _vacuums(db) == before
+    for day in range(VACUUM_AFTER_DAYS):
+        _write(db, datetime(2024, 6, 1, 9, tzinfo=UTC) + timedelta(days=day), 100)
+    compact_now(db.engine, "usd")
+    assert _vacuums(db) == before + 1
