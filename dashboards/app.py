@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import pkgutil
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from dash import Dash, Input, Output, State, ctx, dcc, html, no_update, set_prop
 from dash.backends._fastapi import reset_current_request, set_current_request
 from dash.exceptions import PreventUpdate
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy.exc import DBAPIError
 
 from app.changes import ChangeFeed
@@ -33,6 +34,7 @@ ASSETS = Path(__file__).resolve().parent / "assets"
 BASE = "/dashboard/"
 PAGES = [overview, stream, models, health]
 FALLBACK_REFRESH_MS = 30_000  # only matters when the live link is down
+ICON_CACHING = {"Cache-Control": "public, max-age=86400"}
 MIN_REDRAW_SECONDS = 0.25  # a burst of payments redraws a dashboard at most 4 times a second
 LIVE_HEARTBEAT_SECONDS = 15.0
 EXPORTS = [("ledger", "Ledger"), ("streams", "Streams"), ("tasks", "Tasks")]
@@ -65,6 +67,15 @@ def create_dashboard(server: FastAPI, context: DashboardContext, feed: ChangeFee
     server.add_api_route(BASE + "{path:path}", page, methods=["GET"], include_in_schema=False)
     server.add_api_route(
         "/", lambda: RedirectResponse(BASE), methods=["GET"], include_in_schema=False
+    )
+    # Browsers ask every page's /favicon.ico, the sign-in page's too: Dash's icon, open (an
+    # icon tells nothing), rather than a 401 in every console.
+    icon = pkgutil.get_data("dash", "favicon.ico")
+    server.add_api_route(
+        "/favicon.ico",
+        lambda: Response(icon, media_type="image/x-icon", headers=ICON_CACHING),
+        methods=["GET"],
+        include_in_schema=False,
     )
     dash_app.layout = shell(context.settings.timezone)
     register_shell(dash_app, context)

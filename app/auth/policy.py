@@ -67,6 +67,7 @@ POLICY: tuple[Rule, ...] = (
     Rule("/metrics", READ, Open.METRICS, "Prometheus scrapes; counts, no money", exact=True),
     Rule("/signin", ("GET", "POST"), Open.PUBLIC, "where a token is exchanged for a session"),
     Rule("/signout", ("POST",), Open.PUBLIC, "clearing one's own cookie needs no role"),
+    Rule("/favicon.ico", READ, Open.PUBLIC, "the browser's tab icon", exact=True),
     # Viewer: the dashboard, the figures, the API's documentation
     Rule("/", READ, Role.VIEWER, "redirects to the dashboard", exact=True),
     Rule("/dashboard/", ANY, Role.VIEWER, "the dashboard, its callbacks and its websocket"),

@@ -136,6 +136,5 @@ def test_every_page_renders_without_errors_in_the_browser_console(
             "&& document.getElementById(arguments[0]).textContent.length > 0", m))  # fmt: skip
         name = page.split("?")[0].rsplit("/", 1)[1]
         browser.save_screenshot(str(SCREENSHOTS / f"{name}.png"))
-    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"
-              and "favicon" not in e["message"]]  # fmt: skip
+    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert errors == []

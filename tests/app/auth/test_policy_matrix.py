@@ -144,7 +144,9 @@ def test_ingest_may_only_post_tasks() -> None:
     assert rule_for("/api/tasks", "GET") is DEFAULT
 
 
-@pytest.mark.parametrize("path", ["/webhooks/stripe", "/healthz", "/readyz", "/signin"])
+@pytest.mark.parametrize(
+    "path", ["/webhooks/stripe", "/healthz", "/readyz", "/signin", "/favicon.ico"]
+)
 def test_open_paths(path: str) -> None:
     assert requirement(rule_for(path, "POST" if "webhook" in path else "GET"),
                        metrics_public=False) is Open.PUBLIC  # fmt: skip
