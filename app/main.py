@@ -46,7 +46,7 @@ async def compact_rollups_forever(engine: Engine, reporting: str, zone: str) -> 
     while True:
         await asyncio.sleep(ROLLUP_COMPACTION_SECONDS)
         try:
-            await asyncio.to_thread(compact_now, engine, reporting, zone)
+            await asyncio.to_thread(compact_now, engine, reporting, split_zone=zone)
         except Exception as exc:  # the database may be briefly away; try again next round
             log.warning("rollup compaction failed: %s", exc)
 

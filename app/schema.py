@@ -11,11 +11,13 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+import psycopg
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import DBAPIError
 
 from app.settings import Settings
 
@@ -23,7 +25,8 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
 
 class SchemaMismatch(RuntimeError):
-    """The database is not at the migration head and may not be upgraded automatically."""
+    """The database does not fit this code: it is not at the migration head and may not be
+    upgraded automatically, or it does not know the app's zone."""
 
 
 @dataclass(frozen=True)
@@ -94,16 +97,32 @@ def check_models_match_migrations(engine: Engine) -> None:
 
 
 def ensure_schema(engine: Engine, settings: Settings) -> SchemaStatus:
-    """Bring the database to the head revision, or refuse with what to run."""
+    """Bring the database to the head revision, or refuse with what to run; also refuse a
+    ROI_TIMEZONE that PostgreSQL's own zone database lacks (Python's knew it, or settings would
+    have refused it), since compaction and every query in that zone would fail on it."""
     status = schema_status(engine)
-    if status.at_head:
-        return status
-    if settings.uses_embedded_database or settings.auto_migrate:
+    if not status.at_head:
+        if not (settings.uses_embedded_database or settings.auto_migrate):
+            current = ", ".join(status.current) or "an empty database"
+            raise SchemaMismatch(
+                f"the database schema is at {current}, the code expects {status.head}; "
+                f"pending revisions: {', '.join(status.pending)}. "
+                "Apply them with `roi migrate` (or start with ROI_AUTO_MIGRATE=1)."
+            )
         upgrade(engine)
-        return schema_status(engine)
-    current = ", ".join(status.current) or "an empty database"
-    raise SchemaMismatch(
-        f"the database schema is at {current}, the code expects {status.head}; "
-        f"pending revisions: {', '.join(status.pending)}. "
-        "Apply them with `roi migrate` (or start with ROI_AUTO_MIGRATE=1)."
-    )
+        status = schema_status(engine)
+    _ensure_zone_known(engine, settings.timezone)
+    return status
+
+
+def _ensure_zone_known(engine: Engine, zone: str) -> None:
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT now() AT TIME ZONE :zone"), {"zone": zone})
+    except DBAPIError as exc:
+        if not isinstance(exc.orig, psycopg.errors.InvalidParameterValue):
+            raise  # not about the zone: the database is away, say
+        raise SchemaMismatch(
+            f"ROI_TIMEZONE {zone!r} is not in this PostgreSQL's time zone database "
+            "(pg_timezone_names): update its tzdata or choose another zone"
+        ) from exc

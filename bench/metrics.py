@@ -236,7 +236,7 @@ class Compactor:
         t = time.perf_counter()
         # False when the other connection's compaction runs. In the reporting currency and
         # zone, as the app's: it also builds converted_daily for the days it compacts.
-        done = compact_now(self.engine, REPORTING, self.zone)  # vacuums after a large build
+        done = compact_now(self.engine, REPORTING, split_zone=self.zone)  # vacuums a large build
         with self.lock:
             self.seconds += time.perf_counter() - t
             self.runs += done

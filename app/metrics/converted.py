@@ -23,6 +23,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import (
     ARRAY,
+    ColumnElement,
     Connection,
     Date,
     Select,
@@ -33,6 +34,7 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    literal_column,
     select,
     union_all,
 )
@@ -54,21 +56,24 @@ from app.models import (
 # instead of one long transaction.
 MAX_DAYS_PER_ROUND = 60
 DATES = ARRAY(Date)
+ALMOST_AN_HOUR: ColumnElement[Any] = literal_column("interval '1 hour' - interval '1 microsecond'")
 
 
 def _compacted_rows(
     hourly: Table, columns: Callable[[Table], Columns], days: list[date], split_zone: str
 ) -> Select[Any]:
-    """The compacted hourly rows of `days`, each at the first instant of its piece: the later
-    of its UTC day's and its local day's start in `split_zone`."""
-    h = hourly.c
+    """The compacted hourly rows of `days`, each at its piece's first instant: the later of its
+    UTC day's start and its local day's start in `split_zone`, rounded up to a whole hour (the
+    rollups' unit: a zone whose midnight is not on one, India's, is never read in pieces, and
+    its pieces then simply start at their first hour)."""
+    r = hourly.c
     keys, sums = columns(hourly)
-    piece_start = func.greatest(
-        func.date_trunc("day", h.bucket, "UTC"), func.date_trunc("day", h.bucket, split_zone)
-    )
-    hours = [datetime.combine(d, time(h), UTC) for d in days for h in range(24)]
+    local_day = func.date_trunc("day", r.bucket, split_zone)
+    first_hour = func.date_trunc("hour", local_day + ALMOST_AN_HOUR, "UTC")
+    piece_start = func.greatest(func.date_trunc("day", r.bucket, "UTC"), first_hour)
+    hours = [datetime.combine(d, time(hour), UTC) for d in days for hour in range(24)]
     query: Select[Any] = select(piece_start.label("ts"), *keys, *sums)
-    return query.where(h.compacted, h.bucket == any_(literal(hours, HOURS)))
+    return query.where(r.compacted, r.bucket == any_(literal(hours, HOURS)))
 
 
 def _build(conn: Connection, reporting: str, split_zone: str, days: list[date]) -> None:
@@ -155,7 +160,7 @@ def unbuilt_days(
 
 
 def refresh(
-    conn: Connection, changed: Collection[date], reporting: str | None, split_zone: str = "UTC"
+    conn: Connection, changed: Collection[date], reporting: str | None, *, split_zone: str
 ) -> int:
     """In compaction's transaction, after it: drop the `changed` days (whose compacted hourly
     rows it just rewrote) in every reporting currency, then build, in `reporting` and cut in

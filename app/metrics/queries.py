@@ -715,9 +715,9 @@ def _p95_durations(conn: Connection, f: MetricsFilter) -> dict[str, dict[str, De
         x.started_at >= f.start,
         x.started_at < f.end,
         x.duration_ms.is_not(None),
-        x.stream.in_(f.streams) if f.streams else literal(True),
-        model.in_(f.ai_models) if f.ai_models else literal(True),
-        x.task_type.in_(f.task_types) if f.task_types else literal(True),
+        among(x.stream, f.streams),
+        among(model, f.ai_models),
+        among(x.task_type, f.task_types),
     )
     p95 = func.percentile_cont(0.95).within_group(x.duration_ms)
     out: dict[str, dict[str, Decimal]] = {"ai_model": {}, "task_type": {}}

@@ -92,24 +92,36 @@ def compact(conn: Connection, reporting: str | None = None, split_zone: str = "U
         rewritten = conn.execute(text(sql)).scalars().all()
         if table in CONVERTED_FROM:
             changed_days.update(_utc_day(hour) for hour in rewritten)
-    return refresh(conn, changed_days, reporting, split_zone)
+    return refresh(conn, changed_days, reporting, split_zone=split_zone)
 
 
 def _utc_day(instant: datetime) -> date:
     return instant.astimezone(UTC).date()
 
 
-# A round that built this many days of `converted_daily` (a first build, or a new zone) left
-# as many dead rows behind as the table has live ones in that stretch: it is vacuumed at once,
-# rather than read through them until autovacuum comes by (if it is on at all).
+# A round that built this many days of `converted_daily` (a first build, or the days cut again
+# in a new zone, which leaves as many dead rows as live ones) is followed by VACUUM (ANALYZE) of
+# the two tables: fresh statistics and visibility at once, rather than whenever autovacuum
+# comes by (if it is on at all). The steady state, today's day rebuilt every round, is left to
+# autovacuum, as the rollups are.
 VACUUM_AFTER_DAYS = 20
 
 
-def compact_now(engine: Engine, reporting: str | None = None, split_zone: str = "UTC") -> bool:
-    """`compact` in a transaction of its own; False if another compaction runs."""
+def compact_now(engine: Engine, reporting: str | None, *, split_zone: str) -> bool:
+    """`compact` in a transaction of its own; False if another compaction runs. `split_zone`:
+    the app's zone (ROI_TIMEZONE); every process of a database must give the same one."""
     with engine.begin() as conn:
-        built = compact(conn, reporting, split_zone)
+        built = compact(conn, reporting, split_zone=split_zone)
     if built is not None and built >= VACUUM_AFTER_DAYS:
+        _vacuum_converted(engine)
+    return built is not None
+
+
+def _vacuum_converted(engine: Engine) -> None:
+    """After the compaction has committed: a failure here is only logged, it undoes nothing.
+    (Run by a role that does not own the tables, PostgreSQL skips them with a warning.)"""
+    try:
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.exec_driver_sql("VACUUM (ANALYZE) converted_daily, converted_days")
-    return built is not None
+    except Exception as exc:  # the next large build tries again; autovacuum may come first
+        log.warning("vacuum of converted_daily after a large build failed: %s", exc)

@@ -19,6 +19,7 @@ from sqlalchemy import (
     DateTime,
     Select,
     Table,
+    all_,
     and_,
     any_,
     case,
@@ -99,7 +100,7 @@ def _hourly_and_daily(
         unbuilt = _unbuilt_days(span, converted, pieces_zone(f, by_bucket, span))
         # The built days' rows compaction has not folded into `converted_daily` yet: few,
         # through the partial index on them.
-        parts.append(hours(first, last, ~h.compacted, ~(utc_day(h.bucket) == any_(unbuilt))))
+        parts.append(hours(first, last, ~h.compacted, utc_day(h.bucket) != all_(unbuilt)))
     parts.append(_daily_rows(f, daily, columns, span, unbuilt))
     moved = moved_hours(f, span) if by_bucket else ()
     if moved:

@@ -8,8 +8,13 @@ local day, week, month and quarter, so a series in that zone reads the pieces as
 
 `converted_daily` gets the piece's first instant (`piece_start`) in its key and the zone it was
 split in (`split_zone`); `converted_days` records that zone too, so readers in another zone know
-the pieces do not fit their buckets. The pieces are built from hourly rollup rows, not daily
-ones (app/metrics/converted.py says why that keeps them exact).
+the pieces do not fit their buckets. The pieces are built from the compacted hourly rollup rows
+(a day's hours say where to cut it, its daily row cannot), and readers add the hourly rows not
+compacted yet: app/metrics/converted.py.
+
+Deploying it: processes of the code before it should not outlive the migration by more than a
+moment (the release phase, then new processes): they read the pieces as whole days and add the
+daily rows not compacted yet, which can differ from the hourly ones for a compaction round.
 
 Both tables are derived data, emptied both ways: compaction builds them again in a few rounds.
 
@@ -30,7 +35,8 @@ down_revision: str | None = "0013"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-KEY = ["reporting_currency", "day", "stream", "group_currency"]
+DAY_KEY = ["reporting_currency", "day", "stream", "group_currency"]  # 0013's
+PIECE_KEY = ["reporting_currency", "day", "piece_start", "stream", "group_currency"]
 
 
 def upgrade() -> None:
@@ -41,11 +47,7 @@ def upgrade() -> None:
         sa.Column("piece_start", sa.DateTime(timezone=True), nullable=False),
     )
     op.add_column("converted_daily", sa.Column("split_zone", sa.Text(), nullable=False))
-    op.create_primary_key(
-        "pk_converted_daily",
-        "converted_daily",
-        ["reporting_currency", "day", "piece_start", "stream", "group_currency"],
-    )
+    op.create_primary_key("pk_converted_daily", "converted_daily", PIECE_KEY)
     op.add_column("converted_days", sa.Column("split_zone", sa.Text(), nullable=False))
 
 
@@ -55,4 +57,4 @@ def downgrade() -> None:
     op.drop_constraint("pk_converted_daily", "converted_daily", type_="primary")
     op.drop_column("converted_daily", "split_zone")
     op.drop_column("converted_daily", "piece_start")
-    op.create_primary_key("pk_converted_daily", "converted_daily", KEY)
+    op.create_primary_key("pk_converted_daily", "converted_daily", DAY_KEY)

@@ -199,15 +199,15 @@ def compaction_paused(db: TestDatabase) -> Iterator[None]:
 def test_preaggregation_lag_is_read_from_the_database(
     webhook: WebhookClient, db: TestDatabase
 ) -> None:
-    compact_now(db.engine)
+    compact_now(db.engine, None, split_zone="UTC")
     with compaction_paused(db):
         webhook.deliver(se.charge_succeeded(charge=se.charge(metadata={"stream": "pro"})))
         pending = scrape(webhook.base_url)
-        assert compact_now(db.engine) is False  # the pause holds
+        assert compact_now(db.engine, None, split_zone="UTC") is False  # the pause holds
     assert value(pending, "roi_database_up") == 1
     assert value(pending, "roi_rollup_pending_rows", rollup="ledger_rollup") >= 1
     assert value(pending, "roi_rollup_oldest_pending_age_seconds", rollup="ledger_rollup") > 0
-    assert compact_now(db.engine) is True
+    assert compact_now(db.engine, None, split_zone="UTC") is True
     compacted = scrape(webhook.base_url)
     for rollup in ("ledger_rollup", "ledger_rollup_daily"):
         assert value(compacted, "roi_rollup_pending_rows", rollup=rollup) == 0
@@ -219,7 +219,7 @@ def test_preaggregation_lag_is_read_from_the_database(
 
 
 def test_health_snapshot_agrees_with_metrics(webhook: WebhookClient, db: TestDatabase) -> None:
-    compact_now(db.engine)
+    compact_now(db.engine, None, split_zone="UTC")
     with compaction_paused(db):
         webhook.deliver(*(se.charge_succeeded(charge=se.charge()) for _ in range(3)))
         samples = scrape(webhook.base_url)

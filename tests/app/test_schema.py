@@ -196,6 +196,17 @@ def test_guard_upgrades_the_embedded_default(scratch: Engine, tmp_path: Path) ->
     assert (status.current, status.pending) == ((HEAD,), ())
 
 
+def test_guard_refuses_a_zone_postgresql_does_not_know(scratch: Engine, scratch_url: str) -> None:
+    """Python's zone database may know a zone PostgreSQL's lacks (or the reverse): compaction
+    and every query in that zone would fail, so the app does not start."""
+    upgrade(scratch)
+    # As if Python knew it: settings validate zones with zoneinfo, so bypass them here.
+    settings = app_settings(scratch_url).model_copy(update={"timezone": "Mars/Olympus_Mons"})
+    with pytest.raises(SchemaMismatch, match="ROI_TIMEZONE 'Mars/Olympus_Mons' is not in"):
+        ensure_schema(scratch, settings)
+    assert ensure_schema(scratch, app_settings(scratch_url)).at_head  # a known zone passes
+
+
 def test_guard_at_head_changes_nothing(scratch: Engine, scratch_url: str) -> None:
     upgrade(scratch)
     status = ensure_schema(scratch, app_settings(scratch_url))

@@ -81,6 +81,7 @@ def _write(
     tasks: list[dict[str, object]],
     compact_again: bool,
     split_zone: str,
+    second_zone: str,
 ) -> list[dict[str, object]]:
     ledger_rows = []
     for i, e in enumerate(entries):
@@ -137,7 +138,7 @@ def _write(
     # Also builds `converted_daily` in the reporting currency, cut in `split_zone`: the reads
     # below then take its days from it where its pieces fit their buckets, and the rows written
     # after it (not compacted) converted as they read them.
-    compact_now(db.engine, REPORTING, split_zone)
+    compact_now(db.engine, REPORTING, split_zone=split_zone)
     with db.engine.begin() as conn:
         # Re-attribution and removal, as rebuilding a charge's ledger does.
         conn.execute(text("UPDATE ledger_entries SET stream = 'api' WHERE entry_key LIKE '%3'"))
@@ -150,8 +151,9 @@ def _write(
             text("UPDATE fx_rates SET rate = :rate WHERE day = :day AND currency = 'eur'"),
             {"rate": CHANGED_RATE, "day": CHANGED_DAY},
         )
-    if compact_again:  # the changed days and the corrected one built again
-        compact_now(db.engine, REPORTING, split_zone)
+    if compact_again:  # the changed days and the corrected one built again, maybe in a new
+        # zone (the app restarted in it): with few days per round, days cut in two zones.
+        compact_now(db.engine, REPORTING, split_zone=second_zone)
     for row in ledger_rows:
         if str(row["entry_key"]).endswith("3"):
             row["stream"] = "api"
@@ -282,9 +284,11 @@ def _normal(
     days=st.integers(1, 20),
     only_api=st.booleans(),
     compact_again=st.booleans(),
-    # Cut in the zone read (None), or in another; all days built per round, or a few.
+    # Cut in the zone read (None), or in another, and again in a second one (None: the same);
+    # all days built per round, or some.
     split_zone=st.sampled_from([None, *ZONES]),
-    days_per_round=st.sampled_from([converted.MAX_DAYS_PER_ROUND, 4]),
+    second_zone=st.sampled_from([None, *ZONES]),
+    days_per_round=st.sampled_from([converted.MAX_DAYS_PER_ROUND, 20, 4]),
 )
 # Always tried, as chance rarely puts rows in the hours a daily bucket in New York takes from
 # the next UTC day: every day's 02:00 and 09:00 UTC, days cut in that zone, all or some built.
@@ -323,6 +327,7 @@ def _normal(
     only_api=False,
     compact_again=False,
     split_zone=None,
+    second_zone=None,
     days_per_round=4,
 ).via("New York days")
 @example(
@@ -332,9 +337,19 @@ def _normal(
         for day in range(14)
     ],
     tasks=[], zone="America/New_York", granularity="week", first_day=2, days=20,
-    only_api=False, compact_again=True, split_zone=None,
+    only_api=False, compact_again=True, split_zone=None, second_zone=None,
     days_per_round=converted.MAX_DAYS_PER_ROUND,
 ).via("New York weeks")  # fmt: skip
+@example(
+    entries=[
+        {"hour": 24 * day + hour, "minute": 30, "stream": "api", "kind": "charge",
+         "amount": 1_000 + day, "currency": "usd", "settled": False}
+        for day in range(14) for hour in (2, 9)
+    ],
+    tasks=[], zone="America/New_York", granularity="day", first_day=0, days=14,
+    only_api=False, compact_again=True, split_zone=None, second_zone="Europe/Berlin",
+    days_per_round=4,
+).via("New York days, some cut again in Berlin")  # fmt: skip
 def test_rollups_and_raw_tables_agree_with_an_oracle(
     db: TestDatabase,
     entries: list[dict[str, object]],
@@ -346,11 +361,15 @@ def test_rollups_and_raw_tables_agree_with_an_oracle(
     only_api: bool,
     compact_again: bool,
     split_zone: str | None,
+    second_zone: str | None,
     days_per_round: int,
 ) -> None:
     db.truncate()
     with patch.object(converted, "MAX_DAYS_PER_ROUND", days_per_round):
-        ledger_rows, task_rows = _write(db, entries, tasks, compact_again, split_zone or zone)
+        first_zone = split_zone or zone
+        ledger_rows, task_rows = _write(
+            db, entries, tasks, compact_again, first_zone, second_zone or first_zone
+        )
     tz = ZoneInfo(zone)
     start_day = date(2024, 3, 1) + timedelta(days=first_day)
     start = datetime.combine(start_day, datetime.min.time(), tzinfo=tz)
