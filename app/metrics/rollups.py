@@ -15,6 +15,8 @@ from datetime import UTC, date, datetime
 
 from sqlalchemy import Connection, Engine, text
 
+from app.metrics.converted import refresh
+
 log = logging.getLogger(__name__)
 
 COMPACTION_LOCK_KEY = 7_311_402_002  # also taken by the fx_rates trigger of migration 0013
@@ -77,8 +79,6 @@ def compact(conn: Connection, reporting: str | None = None, split_zone: str = "U
     date with it (`app.metrics.converted.refresh`; built in `reporting`, the app's reporting
     currency, when given, cut in `split_zone`, the app's zone). Returns the number of days it
     built there, or None if another compaction runs."""
-    from app.metrics.converted import refresh  # the metrics queries: not needed by importers
-
     got = conn.execute(
         text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": COMPACTION_LOCK_KEY}
     ).scalar_one()
