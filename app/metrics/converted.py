@@ -29,7 +29,6 @@ from sqlalchemy import (
     Select,
     Table,
     any_,
-    cast,
     delete,
     func,
     insert,
@@ -41,7 +40,7 @@ from sqlalchemy import (
 
 from app.metrics.filters import MetricsFilter
 from app.metrics.queries import SUM_COLUMNS, converted_ledger, converted_tasks
-from app.metrics.sources import HOURS, Columns, ledger_columns, task_stream_columns
+from app.metrics.sources import HOURS, Columns, ledger_columns, task_stream_columns, utc_day
 from app.models import (
     converted_daily,
     converted_days,
@@ -97,7 +96,7 @@ def _build(conn: Connection, reporting: str, split_zone: str, days: list[date]) 
         ),
     ).subquery("parts")  # fmt: skip
     p = parts.c
-    day = cast(func.timezone("UTC", p.bucket), Date)
+    day = utc_day(p.bucket)
     sums = list(SUM_COLUMNS)
     rows = select(
         literal(reporting).label("reporting_currency"),
@@ -164,8 +163,9 @@ def refresh(
 ) -> int:
     """In compaction's transaction, after it: drop the `changed` days (whose compacted hourly
     rows it just rewrote) in every reporting currency, then build, in `reporting` and cut in
-    `split_zone`, those days and any other day with compacted rows not built so (newest
-    first, at most `MAX_DAYS_PER_ROUND`). Returns the number of days built."""
+    `split_zone`, those days and any other day with compacted rows not built in that currency
+    and zone yet (newest first, at most `MAX_DAYS_PER_ROUND`). Returns the number of days
+    built."""
     if changed:
         _drop(conn, changed)
     if reporting is None:
