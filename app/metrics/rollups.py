@@ -11,10 +11,11 @@ rows it rewrites are dropped there and built again, in the same transaction.
 from __future__ import annotations
 
 import logging
-from datetime import UTC, date, datetime
+from datetime import date
 
 from sqlalchemy import Connection, Engine, text
 
+from app.fx import rate_day
 from app.metrics.converted import refresh
 
 log = logging.getLogger(__name__)
@@ -91,12 +92,8 @@ def compact(conn: Connection, reporting: str | None = None, split_zone: str = "U
     for table, sql in COMPACTIONS.items():
         rewritten = conn.execute(text(sql)).scalars().all()
         if table in CONVERTED_FROM:
-            changed_days.update(_utc_day(hour) for hour in rewritten)
+            changed_days.update(rate_day(hour) for hour in rewritten)
     return refresh(conn, changed_days, reporting, split_zone=split_zone)
-
-
-def _utc_day(instant: datetime) -> date:
-    return instant.astimezone(UTC).date()
 
 
 # A round that built this many days of `converted_daily` (a first build, or the days cut again
