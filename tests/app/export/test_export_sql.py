@@ -13,7 +13,8 @@ from sqlalchemy import Connection, column, literal, select, text, values
 from sqlalchemy.types import DateTime, Integer
 from sqlalchemy.types import Text as TextType
 
-from app.exports import _iso_time, _neutralised_sql, neutralised
+from app.exports import _iso_time, _neutralised_sql, _prepare_session, neutralised
+from app.metrics.filters import build_filter
 from tests.conftest import TestDatabase
 
 ZONES = (
@@ -23,8 +24,9 @@ ZONES = (
     "America/St_Johns",  # -03:30 / -02:30: a negative offset with minutes
     "Pacific/Chatham",  # +12:45 / +13:45
 )
-# A whole second, and fractions whose digits end in zeros, start with zeros, or neither.
-MICROSECONDS = (0, 1, 10, 120, 123_450, 250_000, 500_000, 999_999, 100_001)
+# A whole second, and fractions whose digits end in zeros, start with zeros, or neither; three
+# digits (123_000) with a +HH:MM offset are as long as six with +HH (`_iso_time`).
+MICROSECONDS = (0, 1, 10, 120, 123_000, 123_450, 250_000, 500_000, 999_999, 100_001)
 
 
 def instants() -> list[datetime]:
@@ -34,7 +36,8 @@ def instants() -> list[datetime]:
 
 
 def in_zone(conn: Connection, zone: str) -> Connection:
-    conn.execute(text("SELECT set_config('TimeZone', :tz, true)"), {"tz": zone})
+    """`conn` with the export's session settings (`_prepare_session`), in `zone`."""
+    _prepare_session(conn, build_filter(start="2024-01-01", end="2024-01-02", tz=zone))
     return conn
 
 
@@ -51,6 +54,27 @@ def test_iso_time_is_what_python_isoformat_writes(db: TestDatabase, zone: str) -
         written = [row[1] for row in got]
 
     assert written == [m.astimezone(ZoneInfo(zone)).isoformat() for m in moments]
+
+
+@pytest.mark.parametrize("datestyle", ["SQL, DMY", "Postgres, MDY", "German", "ISO, YMD"])
+def test_iso_time_whatever_the_servers_datestyle(db: TestDatabase, datestyle: str) -> None:
+    # `_iso_time` starts from PostgreSQL's text of the instant, which DateStyle shapes: the
+    # times are right whatever the server or the role defaults to.
+    moments = [datetime(2024, 3, 10, 6, 59, 59, us, tzinfo=UTC) for us in MICROSECONDS]
+    table = values(column("i", Integer), column("ts", DateTime(timezone=True)), name="t").data(
+        list(enumerate(moments))
+    )
+    with db.engine.begin() as conn:
+        conn.execute(text("SELECT set_config('DateStyle', :style, false)"), {"style": datestyle})
+        try:
+            got = in_zone(conn, "Asia/Kolkata").execute(
+                select(table.c.i, _iso_time(table.c.ts)).order_by(table.c.i)
+            )
+            written = [row[1] for row in got]
+        finally:
+            conn.execute(text("RESET DateStyle"))
+
+    assert written == [m.astimezone(ZoneInfo("Asia/Kolkata")).isoformat() for m in moments]
 
 
 CELLS: tuple[str | None, ...] = (
