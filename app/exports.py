@@ -358,23 +358,22 @@ def _copy_statement(select_sql: str, *, header: bool = True) -> str:
     return f"COPY ({select_sql}) TO STDOUT WITH (FORMAT csv{', HEADER' if header else ''})"
 
 
-def _prepare_session(conn: Connection, f: MetricsFilter) -> None:
+def _prepare_session(conn: Connection, f: MetricsFilter, *, jit: bool) -> None:
     """The export's session settings, LOCAL (only for this transaction), so a pooled
     connection goes back as it was: times in the filter's zone, in ISO DateStyle (`_iso_time`
     starts from it); COPY writes in the client encoding: UTF-8.
 
-    JIT compiled but not optimised, whatever the server's or the role's `jit`: expressions
-    and tuple deforming as machine code save 7% of an export's CPU (1M ledger rows, measured
-    on the slow box), while LLVM's inlining and optimisation cost 0.1-0.2 s that one
-    streaming pass never wins back. The planner prices the ledger's FX lookup as if every row
-    ran it, so left to its thresholds it would pick them. An export too small for
-    `jit_above_cost` is not compiled at all; a server without LLVM ignores the setting."""
+    With `jit` (an export of JIT_MIN_ROWS or more), JIT compiled but not optimised, whatever
+    the server's or the role's `jit`; else none. The planner prices the ledger's FX lookup as
+    if every row ran it, so left to its thresholds it would pick LLVM's inlining and
+    optimisation too (0.1-0.2 s, which one streaming pass never wins back). A server without
+    LLVM ignores the setting."""
     conn.exec_driver_sql(
         "SELECT set_config('TimeZone', %(tz)s, true), set_config('DateStyle', 'ISO', true),"
-        " set_config('client_encoding', 'UTF8', true), set_config('jit', 'on', true),"
-        " set_config('jit_inline_above_cost', '-1', true),"
+        " set_config('client_encoding', 'UTF8', true), set_config('jit', %(jit)s, true),"
+        " set_config('jit_above_cost', '0', true), set_config('jit_inline_above_cost', '-1', true),"
         " set_config('jit_optimize_above_cost', '-1', true)",
-        {"tz": f.tz.key},
+        {"tz": f.tz.key, "jit": "on" if jit else "off"},
     )
 
 
@@ -436,6 +435,11 @@ def _copy_chunks(
 # Python, is what an export waits for (docs/performance.md, "CSV export"); the machines here
 # have 2 cores.
 SEGMENTS = 2
+# From this many rows (PostgreSQL's estimate) on, an export's expressions and tuple deforming
+# are JIT-compiled (`_prepare_session`): 7% less of PostgreSQL's CPU for 1M ledger rows, for
+# about 40 ms of compiling per connection (both measured on the slow box), so it pays from
+# about 100,000 rows a connection, which a segmented export of this many has.
+JIT_MIN_ROWS = 200_000
 # Below this many rows (PostgreSQL's estimate) an export is one plain COPY: there a second
 # connection, a snapshot and a thread would cost about what they save.
 SEGMENTED_MIN_ROWS = 100_000
@@ -553,7 +557,7 @@ class _SpooledSegment:
     next), then waits for the thread, so the connection is back in the pool when it returns."""
 
     def __init__(self, engine: Engine, statement: str, params: dict[str, Any],
-                 f: MetricsFilter, snapshot: str) -> None:  # fmt: skip
+                 f: MetricsFilter, snapshot: str, *, jit: bool) -> None:  # fmt: skip
         # Closed by `stop`: the file lives as long as the segment, not this call.
         self.file = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY_BYTES)  # noqa: SIM115
         # Set once the connection is in the snapshot and the COPY is sent, or on an error.
@@ -564,19 +568,19 @@ class _SpooledSegment:
         self._copying: psycopg.Connection[Any] | None = None
         self._stopped = False
         self._thread = threading.Thread(
-            target=self._run, args=(engine, statement, params, f, snapshot),
+            target=self._run, args=(engine, statement, params, f, snapshot, jit),
             name="export-segment", daemon=True,
         )  # fmt: skip
         self._thread.start()
 
     def _run(self, engine: Engine, statement: str, params: dict[str, Any],
-             f: MetricsFilter, snapshot: str) -> None:  # fmt: skip
+             f: MetricsFilter, snapshot: str, jit: bool) -> None:  # fmt: skip
         try:
             with engine.connect() as conn:
                 conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                 driver = _driver(conn)
                 driver.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
-                _prepare_session(conn, f)
+                _prepare_session(conn, f, jit=jit)
                 with self._lock:
                     if self._stopped:
                         return
@@ -636,6 +640,8 @@ def _segmented_csv(
     f: MetricsFilter,
     cuts: Sequence[datetime],
     abandoned: threading.Event | None,
+    *,
+    jit: bool,
 ) -> Iterator[bytes]:
     """The export `select_sql` as one COPY per period between `cuts`, all at once: the first on
     `conn` (in its REPEATABLE READ transaction), streamed as it comes; each later one on a
@@ -650,8 +656,8 @@ def _segmented_csv(
     rest = _copy_statement(select_sql, header=False)
     later: list[_SpooledSegment] = []
     try:
-        later.extend(_SpooledSegment(engine, rest, p, f, snapshot) for p in periods[1:])
-        _prepare_session(conn, f)
+        later.extend(_SpooledSegment(engine, rest, p, f, snapshot, jit=jit) for p in periods[1:])
+        _prepare_session(conn, f, jit=jit)
         first = _copy_chunks(_driver(conn), _copy_statement(select_sql), periods[0])
         with contextlib.closing(first):
             for n, chunk in enumerate(first):
@@ -684,13 +690,16 @@ def _time_ordered_csv(
     plan = plan_segments(conn, export.time, select_sql, params, f)
     if on_row_estimate is not None:
         on_row_estimate(plan.estimated_rows)
+    jit = plan.estimated_rows >= JIT_MIN_ROWS
     if plan.cuts and _segmented_slots.acquire(blocking=False):
         try:
-            yield from _segmented_csv(engine, conn, select_sql, params, f, plan.cuts, abandoned)
+            yield from _segmented_csv(
+                engine, conn, select_sql, params, f, plan.cuts, abandoned, jit=jit
+            )
         finally:
             _segmented_slots.release()
     else:
-        _prepare_session(conn, f)
+        _prepare_session(conn, f, jit=jit)
         yield from _copy_chunks(_driver(conn), _copy_statement(select_sql), params)
 
 

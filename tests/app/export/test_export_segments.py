@@ -109,9 +109,9 @@ class Spooled:
         spy = self
 
         class Counted(original):  # type: ignore[misc, valid-type]
-            def __init__(self, *args: Any) -> None:
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
                 spy.started.append(self)
-                super().__init__(*args)
+                super().__init__(*args, **kwargs)
 
         monkeypatch.setattr(exports, "_SpooledSegment", Counted)
 
@@ -408,8 +408,8 @@ def test_a_later_segment_failing_to_start_is_an_error_status_not_a_cut_download(
     cut_at(monkeypatch, TIE_1)
 
     class NoSuchSnapshot(exports._SpooledSegment):
-        def __init__(self, *args: Any) -> None:
-            super().__init__(*args[:-1], "00000003-0000001B-1")
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args[:-1], "00000003-0000001B-1", **kwargs)
 
     monkeypatch.setattr(exports, "_SpooledSegment", NoSuchSnapshot)
 

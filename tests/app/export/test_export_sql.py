@@ -9,7 +9,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from sqlalchemy import Connection, cast, column, literal, select, text, values
+from sqlalchemy import Connection, cast, column, func, literal, select, text, values
 from sqlalchemy.types import DateTime, Integer
 from sqlalchemy.types import Text as TextType
 
@@ -37,7 +37,7 @@ def instants() -> list[datetime]:
 
 def in_zone(conn: Connection, zone: str) -> Connection:
     """`conn` with the export's session settings (`_prepare_session`), in `zone`."""
-    _prepare_session(conn, build_filter(start="2024-01-01", end="2024-01-02", tz=zone))
+    _prepare_session(conn, build_filter(start="2024-01-01", end="2024-01-02", tz=zone), jit=True)
     return conn
 
 
@@ -73,6 +73,24 @@ def test_iso_time_whatever_the_servers_datestyle(db: TestDatabase, datestyle: st
         written = [row[1] for row in got]
 
     assert written == [m.astimezone(ZoneInfo("Asia/Kolkata")).isoformat() for m in moments]
+
+
+def test_export_session_settings_end_with_the_transaction(db: TestDatabase) -> None:
+    # A pooled connection goes back as it was: the zone, DateStyle and JIT of an export are
+    # LOCAL to its transaction.
+    names = ("TimeZone", "DateStyle", "jit", "jit_optimize_above_cost")
+    shown = select(*[func.current_setting(literal(name)) for name in names])
+    with db.engine.connect() as conn:
+        before = conn.execute(shown).one()
+        conn.commit()
+        with conn.begin():
+            in_zone(conn, "Asia/Kolkata")
+            inside = conn.execute(shown).one()
+        after = conn.execute(shown).one()
+
+    zone, datestyle, jit, optimize = inside
+    assert (zone, datestyle.split(",")[0], jit, optimize) == ("Asia/Kolkata", "ISO", "on", "-1")
+    assert after == before
 
 
 def test_iso_time_past_year_9999(db: TestDatabase) -> None:
