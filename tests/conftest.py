@@ -32,12 +32,14 @@ from fastapi import FastAPI
 from sqlalchemy import Connection, Engine, create_engine, text
 from typer.testing import CliRunner, Result
 
+from app import main as app_main
 from app import schema
 from app.auth.principal import Role
 from app.auth.tokens import hash_token
 from app.cli import cli
 from app.database import embedded_database_url, sqlalchemy_url
 from app.main import create_app
+from app.metrics.rollups import COMPACTION_LOCK_KEY
 from app.models import metadata
 from app.settings import Settings, get_settings
 from tests.stripe_events import encode, signature_header
@@ -403,6 +405,18 @@ def live_server(database: TestDatabase) -> Iterator[LiveServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def no_background_compaction(db: TestDatabase, monkeypatch: pytest.MonkeyPatch) -> None:
+    """For a test that compacts itself and looks at what compaction left: `live_server`'s
+    compaction loop (every 10 s, days cut in UTC) does nothing during it (the app runs in this
+    process), and a round already under way is waited for (it holds the compaction lock)."""
+    monkeypatch.setattr(app_main, "compact_now", lambda *args, **kwargs: True)
+    with db.engine.connect() as conn:
+        conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": COMPACTION_LOCK_KEY})
+        conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": COMPACTION_LOCK_KEY})
+        conn.commit()
 
 
 @pytest.fixture(scope="session")

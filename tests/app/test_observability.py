@@ -196,6 +196,7 @@ def compaction_paused(db: TestDatabase) -> Iterator[None]:
             conn.commit()
 
 
+@pytest.mark.usefixtures("no_background_compaction")
 def test_preaggregation_lag_is_read_from_the_database(
     webhook: WebhookClient, db: TestDatabase
 ) -> None:
@@ -218,6 +219,7 @@ def test_preaggregation_lag_is_read_from_the_database(
 # /api/health: the same numbers as /metrics
 
 
+@pytest.mark.usefixtures("no_background_compaction")
 def test_health_snapshot_agrees_with_metrics(webhook: WebhookClient, db: TestDatabase) -> None:
     compact_now(db.engine, None, split_zone="UTC")
     with compaction_paused(db):

@@ -12,15 +12,17 @@ from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 import pytest
-from sqlalchemy import insert, text
+from sqlalchemy import insert
 
-from app import main as app_main
 from app.metrics import rollups
 from app.metrics.filters import MetricsFilter
 from app.metrics.queries import stream_summary, stream_timeseries
-from app.metrics.rollups import COMPACTION_LOCK_KEY, VACUUM_AFTER_DAYS, compact_now
+from app.metrics.rollups import VACUUM_AFTER_DAYS, compact_now
 from app.models import execution_tasks, fx_rates, ledger_entries
 from tests.conftest import TestDatabase
+
+# These tests compact themselves, in other zones too, and look at the table in between.
+pytestmark = pytest.mark.usefixtures("no_background_compaction")
 
 DAY = date(2024, 5, 6)
 F = MetricsFilter(
@@ -28,19 +30,6 @@ F = MetricsFilter(
     end=datetime(2024, 5, 11, tzinfo=UTC),
     tz=ZoneInfo("UTC"),
 )
-
-
-@pytest.fixture(autouse=True)
-def only_these_compactions(db: TestDatabase, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The session's live app (`live_server` in tests/conftest.py) compacts every 10 s and cuts
-    days in UTC. These tests compact themselves, in other zones too, and look at the table in
-    between, so its rounds do nothing while they run (it runs in this process), and a round
-    already under way is waited for (it holds the lock)."""
-    monkeypatch.setattr(app_main, "compact_now", lambda *args, **kwargs: True)
-    with db.engine.connect() as conn:
-        conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": COMPACTION_LOCK_KEY})
-        conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": COMPACTION_LOCK_KEY})
-        conn.commit()
 
 
 def _write(db: TestDatabase, at: datetime, amount: int, currency: str = "usd") -> None:
