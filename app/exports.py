@@ -67,6 +67,7 @@ from sqlalchemy import (
     Engine,
     Select,
     String,
+    Subquery,
     and_,
     bindparam,
     case,
@@ -214,6 +215,39 @@ def _converted_columns(
     )
 
 
+def _ledger_converted_columns(
+    movement: Subquery, reporting: str
+) -> tuple[ColumnElement[str], ColumnElement[str], ColumnElement[str | None]]:
+    """`_converted_columns` of a ledger row, taking the texts the row stores (migration 0015)
+    where they are what a rule writes: the settled amount and the rate it implies when it
+    settled in the reporting currency (rule `settlement`), the amount and a rate of 1 when it
+    is in that currency (`same`). So only the other rows (an FX conversion, a zero amount
+    with no currency) are worked out by each export."""
+    m = movement.c
+    money = Amount(
+        amount=m.amount,
+        currency=m.currency,
+        rate=m.fx_rate,
+        settled=m.settlement_amount,
+        settlement_currency=m.settlement_currency,
+    )
+    reporting_amount, rate_used, rule = _converted_columns(money, reporting, whole_minor_units=True)
+    settled_in_reporting = m.settlement_currency == reporting
+    return (
+        case(
+            (settled_in_reporting, m.settlement_major),
+            (m.currency == reporting, m.amount_major),
+            else_=reporting_amount,
+        ),
+        case(
+            (settled_in_reporting, m.settlement_rate),
+            (m.currency == reporting, literal_column("'1'")),
+            else_=rate_used,
+        ),
+        rule,
+    )
+
+
 def _in_period(time: ColumnElement[datetime], f: MetricsFilter) -> list[ColumnElement[bool]]:
     """[f.start, f.end) on `time`, as two named parameters: a segmented export runs one compiled
     statement over each of its periods by changing only these (`_segmented_csv`)."""
@@ -259,6 +293,9 @@ def ledger_query(f: MetricsFilter, reporting: str) -> Select[Any]:
             le.currency,
             le.settlement_amount,
             le.settlement_currency,
+            le.amount_major,
+            le.settlement_major,
+            le.settlement_rate,
             looked_up.rate_for_fx(reporting).label("fx_rate"),
         )
         .where(*_ledger_filter(f))
@@ -266,14 +303,7 @@ def ledger_query(f: MetricsFilter, reporting: str) -> Select[Any]:
         .subquery("movement")
     )
     m = movements.c
-    money = Amount(
-        amount=m.amount,
-        currency=m.currency,
-        rate=m.fx_rate,
-        settled=m.settlement_amount,
-        settlement_currency=m.settlement_currency,
-    )
-    reporting_amount, rate_used, rule = _converted_columns(money, reporting, whole_minor_units=True)
+    reporting_amount, rate_used, rule = _ledger_converted_columns(movements, reporting)
     text = _neutralised_sql
     # The refund or dispute object; a refund seen only on its charge (`ch_...:refunded`) has
     # none of its own yet.
@@ -289,7 +319,7 @@ def ledger_query(f: MetricsFilter, reporting: str) -> Select[Any]:
         text(m.charge_id).label("charge_id"),
         refund_or_dispute.label("refund_or_dispute_id"),
         text(m.balance_transaction).label("balance_transaction_id"),
-        (m.amount * _minor_to_major_factor(m.currency)).label("amount"),
+        m.amount_major.label("amount"),
         text(m.currency).label("currency"),
         reporting_amount.label("reporting_amount"),
         literal(reporting).label("reporting_currency"),

@@ -36,6 +36,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
+from app.money import implied_rate_text_sql, major_units_text_sql
+
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -197,6 +199,24 @@ ledger_entries = Table(
     # What the movement settled as in the Stripe balance, when its balance transaction is known.
     Column("settlement_amount", BigInteger),
     Column("settlement_currency", Text),
+    # The CSV export's cells that depend on nothing but the row, written once by PostgreSQL
+    # when the row is (generated columns, migration 0015) instead of on every export.
+    Column(
+        "amount_major", Text, Computed(major_units_text_sql("amount", "currency"), persisted=True)
+    ),
+    Column(
+        "settlement_major",
+        Text,
+        Computed(major_units_text_sql("settlement_amount", "settlement_currency"), persisted=True),
+    ),
+    Column(
+        "settlement_rate",
+        Text,
+        Computed(
+            implied_rate_text_sql("amount", "currency", "settlement_amount", "settlement_currency"),
+            persisted=True,
+        ),
+    ),
     CheckConstraint("kind IN ('charge', 'refund', 'dispute', 'fee')", name="kind"),
     Index("ix_ledger_entries_charge_id", "charge_id"),
     Index("ix_ledger_entries_booked_at", "booked_at"),

@@ -15,6 +15,7 @@ from sqlalchemy import Engine, inspect, text
 from app.main import create_app
 from app.models import metadata
 from app.schema import (
+    ModelsDiffer,
     SchemaMismatch,
     check_models_match_migrations,
     downgrade,
@@ -95,6 +96,23 @@ def test_upgrade_then_downgrade_one_revision_at_a_time_then_upgrade_again(scratc
     assert revision(scratch) == (HEAD,)
     assert tables(scratch) == APP_TABLES | {"alembic_version"}
     check_models_match_migrations(scratch)
+
+
+def test_a_generated_column_unlike_the_models_fails_the_check(scratch: Engine) -> None:
+    # Alembic only warns when a generated column's expression differs from the model's; a
+    # stored export cell (migration 0015) that computed something else would be written into
+    # every ledger export, so the check fails instead.
+    upgrade(scratch)
+    with scratch.begin() as conn:
+        conn.execute(
+            text(
+                "ALTER TABLE ledger_entries DROP COLUMN settlement_rate,"
+                " ADD COLUMN settlement_rate text GENERATED ALWAYS AS (currency) STORED"
+            )
+        )
+
+    with pytest.raises(ModelsDiffer, match=r"ledger_entries\.settlement_rate"):
+        check_models_match_migrations(scratch)
 
 
 def test_downgrading_0002_removes_execution_tasks_ai_model(scratch: Engine) -> None:
