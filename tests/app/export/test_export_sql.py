@@ -41,16 +41,22 @@ def in_zone(conn: Connection, zone: str) -> Connection:
     return conn
 
 
+@pytest.mark.parametrize("text_from_inner_level", [False, True])
 @pytest.mark.parametrize("zone", ZONES)
-def test_iso_time_is_what_python_isoformat_writes(db: TestDatabase, zone: str) -> None:
+def test_iso_time_is_what_python_isoformat_writes(
+    db: TestDatabase, zone: str, text_from_inner_level: bool
+) -> None:
     moments = [m if m.tzinfo else m.replace(tzinfo=UTC) for m in instants()]
     table = values(column("i", Integer), column("ts", DateTime(timezone=True)), name="t").data(
         list(enumerate(moments))
     )
+    if text_from_inner_level:  # as the ledger export has it
+        inner = select(table, cast(table.c.ts, TextType).label("ts_text")).subquery()
+        time = _iso_time(inner.c.ts, inner.c.ts_text)
+    else:
+        inner, time = table, _iso_time(table.c.ts)
     with db.engine.begin() as conn:
-        got = in_zone(conn, zone).execute(
-            select(table.c.i, _iso_time(table.c.ts)).order_by(table.c.i)
-        )
+        got = in_zone(conn, zone).execute(select(inner.c.i, time).order_by(inner.c.i))
         written = [row[1] for row in got]
 
     assert written == [m.astimezone(ZoneInfo(zone)).isoformat() for m in moments]
