@@ -39,6 +39,11 @@ connection more from the pool. Closing the generator early, or an error in eithe
 both and returns both connections; the error is raised to the reader, before the first chunk
 when the second connection could not start. 1M ledger rows over HTTP, in times the same-run
 `psql \\copy` of the rows: 2.2-2.7x as one COPY, 1.2-1.6x segmented (docs/performance.md).
+
+Stored cells. What a ledger row's cells are depends mostly on the export (its zone, the
+reporting currency, the FX rates), but its amount in major units, and its settled amount and
+the rate that implies, depend on the row alone: the ledger stores those as text (generated
+columns, migration 0015) and the export takes them where they are what its rules write.
 """
 
 from __future__ import annotations
