@@ -280,7 +280,11 @@ def ledger_query(f: MetricsFilter, reporting: str) -> Select[Any]:
     that need one (those no earlier rule converts: `Amount.rate_for_fx`), once per row rather
     than joining every row to `fx_rates`; its ORDER BY also keeps PostgreSQL from merging it
     into the outer level, which would repeat the lookup in each expression using the rate.
-    The outer level formats the cells from the inner one's columns."""
+    The outer level formats the cells from the inner one's columns.
+
+    `reporting` is a lower-case code, as settings hold it: the SQL compares codes as stored."""
+    if reporting != reporting.lower():
+        raise ValueError(f"reporting currency {reporting!r}: expected a lower-case ISO code")
     le = ledger_entries.c
     looked_up = Amount(
         amount=le.amount,

@@ -65,15 +65,18 @@ def _by_exponent_sql(currency: str, *, zero: str, three: str, other: str) -> str
 
 
 def major_units_text_sql(amount: str, currency: str) -> str:
-    """SQL for `format_major(amount, currency)` of an integer column of minor units."""
+    """SQL for `format_major(amount, currency)` of an integer column of minor units, for the
+    lower-case codes the ledger stores (the SQL does not fold case, as `exponent` does)."""
     factor = _by_exponent_sql(currency, zero="1::numeric", three="0.001", other="0.01")
     return f"(({amount} * {factor})::text)"
 
 
 def implied_rate_text_sql(amount: str, currency: str, settled: str, settlement: str) -> str:
     """SQL for the rate a settlement implies, as text: major units of the `settlement`
-    currency per major unit of `currency`, to 12 decimals as FX rates are stored, trailing
-    zeros trimmed; '1' in the same currency, NULL for a zero amount (no rate is implied)."""
+    currency per major unit of `currency`, rounded to 12 decimals as FX rates are stored
+    (fewer from a rate of 10 ** 8 on: PostgreSQL's division keeps 16-20 significant digits),
+    trailing zeros trimmed; '1' in the same currency, NULL for a zero amount (no rate is
+    implied). The export wrote the very same before it was stored (`Amount.rate_used`)."""
 
     def power(n: int) -> str:
         return f"{Decimal(10) ** n:f}::numeric"

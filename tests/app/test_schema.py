@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 import uvicorn
 from sqlalchemy import Engine, inspect, text
+from sqlalchemy.exc import DBAPIError
 
 from app.main import create_app
-from app.models import metadata
+from app.models import ledger_entries, metadata
 from app.schema import (
     ModelsDiffer,
     SchemaMismatch,
@@ -98,21 +99,50 @@ def test_upgrade_then_downgrade_one_revision_at_a_time_then_upgrade_again(scratc
     check_models_match_migrations(scratch)
 
 
-def test_a_generated_column_unlike_the_models_fails_the_check(scratch: Engine) -> None:
-    # Alembic only warns when a generated column's expression differs from the model's; a
-    # stored export cell (migration 0015) that computed something else would be written into
-    # every ledger export, so the check fails instead.
+@pytest.mark.parametrize(
+    ("column", "replace", "by"),
+    [
+        ("settlement_rate", None, "currency"),  # another expression altogether
+        # Only a cast's type modifier: Alembic's comparison drops casts, but `2170` would be
+        # written `2170.00`.
+        ("settlement_major", "1::numeric", "1::numeric(20,2)"),
+    ],
+)
+def test_a_generated_column_unlike_the_models_fails_the_check(
+    scratch: Engine, column: str, replace: str | None, by: str
+) -> None:
+    # A stored export cell (migration 0015) that computed something else would be written into
+    # every ledger export, so the check compares the expressions exactly.
     upgrade(scratch)
+    model = str(ledger_entries.c[column].server_default.sqltext)  # type: ignore[union-attr]
+    expression = by if replace is None else model.replace(replace, by)
+    assert expression != model
     with scratch.begin() as conn:
         conn.execute(
             text(
-                "ALTER TABLE ledger_entries DROP COLUMN settlement_rate,"
-                " ADD COLUMN settlement_rate text GENERATED ALWAYS AS (currency) STORED"
+                f"ALTER TABLE ledger_entries DROP COLUMN {column},"
+                f" ADD COLUMN {column} text GENERATED ALWAYS AS ({expression}) STORED"
             )
         )
 
-    with pytest.raises(ModelsDiffer, match=r"ledger_entries\.settlement_rate"):
+    with pytest.raises(ModelsDiffer, match=rf"ledger_entries\.{column}\b"):
         check_models_match_migrations(scratch)
+
+
+def test_0015_gives_up_rather_than_queue_behind_a_long_reader(scratch: Engine) -> None:
+    # Its ALTER rewrites the ledger under an exclusive lock; waiting behind a long export, it
+    # would hold up every query after it. It fails instead, changing nothing, after 10 s.
+    upgrade(scratch, "0014")
+    with scratch.connect() as reader:
+        reader.execute(text("SELECT count(*) FROM ledger_entries"))  # its lock, until rollback
+        with pytest.raises(DBAPIError, match="lock timeout"):
+            upgrade(scratch)
+        assert revision(scratch) == ("0014",)
+        assert "amount_major" not in columns(scratch, "ledger_entries")
+        reader.rollback()
+
+    upgrade(scratch)
+    assert revision(scratch) == (HEAD,)
 
 
 def test_downgrading_0002_removes_execution_tasks_ai_model(scratch: Engine) -> None:
