@@ -83,11 +83,11 @@ from sqlalchemy import (
     select,
 )
 
-from app.metrics.conversion import FX, Amount, by_exponent, fx_rate_of, with_fx_rate
+from app.metrics.conversion import FX, Amount, fx_rate_of, with_fx_rate
 from app.metrics.filters import MetricsFilter
 from app.metrics.sources import among, utc_day
 from app.models import execution_tasks, ledger_entries
-from app.money import exponent
+from app.money import by_exponent, exponent, minor_to_major_factor
 
 log = logging.getLogger(__name__)
 
@@ -124,17 +124,6 @@ def _neutralised_sql(column: ColumnElement[Any]) -> ColumnElement[str]:
     starts: list[ColumnElement[int]] = [literal_column(str(code)) for code in codes]
     formula = and_(first <= literal_column(str(codes[-1])), first.in_(starts))
     return case((formula, literal_column("''''") + column), else_=column)
-
-
-def _minor_to_major_factor(currency: ColumnElement[str]) -> ColumnElement[Decimal]:
-    """10 ** -exponent(currency) as an exact numeric literal: minor units times it are major
-    units with exactly the currency's decimals (1234 * 0.01 = 12.34)."""
-    return by_exponent(
-        currency,
-        zero=literal_column("1::numeric"),
-        three=literal_column("0.001"),
-        other=literal_column("0.01"),
-    )
 
 
 def _decimal_text(
@@ -366,7 +355,7 @@ def tasks_query(f: MetricsFilter, reporting: str) -> Select[Any]:
             x.tokens_in,
             x.tokens_out,
             cast(func.trim_scale(x.gpu_seconds), String).label("gpu_seconds"),
-            _decimal_text(cost * _minor_to_major_factor(currency), _places(currency)).label("cost"),
+            _decimal_text(cost * minor_to_major_factor(currency), _places(currency)).label("cost"),
             text(currency).label("currency"),
             x.cost_source.label("cost_source"),
             reporting_cost.label("reporting_cost"),

@@ -19,6 +19,7 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     Column,
+    ColumnElement,
     Computed,
     Date,
     DateTime,
@@ -32,11 +33,12 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     func,
+    literal_column,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
-from app.money import implied_rate_text_sql, major_units_text_sql
+from app.money import implied_rate_text, major_units_text
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -182,6 +184,12 @@ stream_mappings = Table(
     ),
 )
 
+# The columns the ledger's generated columns are computed from, by name.
+_amount: ColumnElement[int] = literal_column("amount")
+_currency: ColumnElement[str] = literal_column("currency")
+_settled: ColumnElement[int] = literal_column("settlement_amount")
+_settlement_currency: ColumnElement[str] = literal_column("settlement_currency")
+
 # The revenue ledger: one row per money movement, signed, in minor units.
 ledger_entries = Table(
     "ledger_entries",
@@ -201,20 +209,17 @@ ledger_entries = Table(
     Column("settlement_currency", Text),
     # The CSV export's cells that depend on nothing but the row, written once by PostgreSQL
     # when the row is (generated columns, migration 0015) instead of on every export.
-    Column(
-        "amount_major", Text, Computed(major_units_text_sql("amount", "currency"), persisted=True)
-    ),
+    Column("amount_major", Text, Computed(major_units_text(_amount, _currency), persisted=True)),
     Column(
         "settlement_major",
         Text,
-        Computed(major_units_text_sql("settlement_amount", "settlement_currency"), persisted=True),
+        Computed(major_units_text(_settled, _settlement_currency), persisted=True),
     ),
     Column(
         "settlement_rate",
         Text,
         Computed(
-            implied_rate_text_sql("amount", "currency", "settlement_amount", "settlement_currency"),
-            persisted=True,
+            implied_rate_text(_amount, _currency, _settled, _settlement_currency), persisted=True
         ),
     ),
     CheckConstraint("kind IN ('charge', 'refund', 'dispute', 'fee')", name="kind"),

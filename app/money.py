@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import ColumnElement, Numeric, Text, case, cast, func, literal_column
 
 # fmt: off
 ZERO_DECIMAL = frozenset([
@@ -34,62 +37,95 @@ def format_major(amount_minor: int, currency: str) -> str:
     return f"{to_major(amount_minor, currency):.{places}f}"
 
 
-def _codes(codes: frozenset[str]) -> str:
-    return ", ".join(f"'{code}'" for code in sorted(codes))
-
-
 def minor_unit_factor_sql(currency_column: str) -> str:
     """SQL for 10 ** exponent(currency_column): the same lists as `exponent`, for queries that
     turn major units into minor ones (pricing, FX conversion)."""
+    zero = ", ".join(f"'{code}'" for code in sorted(ZERO_DECIMAL))
+    three = ", ".join(f"'{code}'" for code in sorted(THREE_DECIMAL))
     return (
-        f"(CASE WHEN {currency_column} IN ({_codes(ZERO_DECIMAL)}) THEN 1 "
-        f"WHEN {currency_column} IN ({_codes(THREE_DECIMAL)}) THEN 1000 ELSE 100 END)"
+        f"(CASE WHEN {currency_column} IN ({zero}) THEN 1 "
+        f"WHEN {currency_column} IN ({three}) THEN 1000 ELSE 100 END)"
     )
 
 
-# The ledger's stored cells (app/models.py, migration 0015): SQL for generated columns, so
-# only IMMUTABLE functions. Each is the text the CSV export writes, built with the very
-# operations (and numeric literals, whose scales carry into the text) of the export's own
-# expressions in app/metrics/conversion.py and app/exports.py; tests/app/export pins both
-# to the same text.
+# The same, as SQLAlchemy expressions: the metrics' conversion (app/metrics/conversion.py),
+# the CSV exports, and the ledger's stored export cells (app/models.py, migration 0015).
 
 
-def _by_exponent_sql(currency: str, *, zero: str, three: str, other: str) -> str:
-    """`zero`, `three` or `other` by the decimals of `currency`, as `conversion.by_exponent`."""
-    return (
-        f"CASE WHEN ({currency} = ANY (ARRAY[{_codes(ZERO_DECIMAL | THREE_DECIMAL)}])) THEN "
-        f"CASE WHEN ({currency} = ANY (ARRAY[{_codes(THREE_DECIMAL)}])) THEN {three} "
-        f"ELSE {zero} END "
-        f"ELSE {other} END"
+def currency_codes(codes: frozenset[str]) -> list[ColumnElement[str]]:
+    # Inline constants: the same SQL text on every call, so PostgreSQL can reuse its plans.
+    return [literal_column(f"'{code}'") for code in sorted(codes)]
+
+
+def by_exponent(
+    currency: ColumnElement[str],
+    *,
+    zero: ColumnElement[Any],
+    three: ColumnElement[Any],
+    other: ColumnElement[Any],
+) -> ColumnElement[Any]:
+    """`zero`, `three` or `other` by the number of decimals of `currency`, as `exponent` tells
+    them for the lower-case codes the database holds (SQL does not fold case).
+
+    Most amounts are in two-decimal currencies, so they are told apart with one test against
+    the 21 other codes (an IN list that long PostgreSQL answers with a hash lookup) rather than
+    two lists tried in turn: this runs once per exported row."""
+    return case(
+        (
+            currency.in_(currency_codes(ZERO_DECIMAL | THREE_DECIMAL)),
+            case((currency.in_(currency_codes(THREE_DECIMAL)), three), else_=zero),
+        ),
+        else_=other,
     )
 
 
-def major_units_text_sql(amount: str, currency: str) -> str:
-    """SQL for `format_major(amount, currency)` of an integer column of minor units, for the
-    lower-case codes the ledger stores (the SQL does not fold case, as `exponent` does)."""
-    factor = _by_exponent_sql(currency, zero="1::numeric", three="0.001", other="0.01")
-    return f"(({amount} * {factor})::text)"
-
-
-def implied_rate_text_sql(amount: str, currency: str, settled: str, settlement: str) -> str:
-    """SQL for the rate a settlement implies, as text: major units of the `settlement`
-    currency per major unit of `currency`, rounded to 12 decimals as FX rates are stored
-    (fewer from a rate of 10 ** 8 on: PostgreSQL's division keeps 16-20 significant digits),
-    trailing zeros trimmed; '1' in the same currency, NULL for a zero amount (no rate is
-    implied). The export wrote the very same before it was stored (`Amount.rate_used`)."""
-
-    def power(n: int) -> str:
-        return f"{Decimal(10) ** n:f}::numeric"
-
-    def from_currency(target: int) -> str:  # `currency` minor units -> `target`'s
-        return _by_exponent_sql(
-            currency, zero=power(target), three=power(target - 3), other=power(target - 2)
-        )
-
-    factor = _by_exponent_sql(
-        settlement, zero=from_currency(0), three=from_currency(3), other=from_currency(2)
+def minor_to_major_factor(currency: ColumnElement[str]) -> ColumnElement[Decimal]:
+    """10 ** -exponent(currency) as an exact numeric literal: minor units times it are major
+    units with exactly the currency's decimals (1234 * 0.01 = 12.34)."""
+    return by_exponent(
+        currency,
+        zero=literal_column("1::numeric"),
+        three=literal_column("0.001"),
+        other=literal_column("0.01"),
     )
-    return (
-        f"CASE WHEN ({currency} = {settlement}) THEN '1' ELSE "
-        f"(trim_scale(round(({settled})::numeric / nullif({amount} * {factor}, 0), 12)))::text END"
+
+
+def to_decimals_factor(currency: ColumnElement[str], decimals: int) -> ColumnElement[Decimal]:
+    """Factor from `currency` minor units to the minor units of a currency with `decimals`: an
+    exact numeric power of ten (0.1, 1, 100...), so the product stays exact."""
+
+    def factor(e: int) -> ColumnElement[Decimal]:
+        return literal_column(f"{Decimal(10) ** (decimals - e):f}::numeric")
+
+    return by_exponent(currency, zero=factor(0), three=factor(3), other=factor(2))
+
+
+def major_units_text(
+    amount: ColumnElement[int], currency: ColumnElement[str]
+) -> ColumnElement[str]:
+    """`format_major(amount, currency)` of an integer column of minor units, in SQL."""
+    return cast(amount * minor_to_major_factor(currency), Text)
+
+
+def implied_rate_text(
+    amount: ColumnElement[int],
+    currency: ColumnElement[str],
+    settled: ColumnElement[int],
+    settlement_currency: ColumnElement[str],
+) -> ColumnElement[str]:
+    """The rate a settlement implies, as text: major units of `settlement_currency` per major
+    unit of `currency`, rounded to 12 decimals as FX rates are stored (fewer from a rate of
+    10 ** 8 on: PostgreSQL's division keeps 16-20 significant digits), trailing zeros
+    trimmed; '1' in the same currency, NULL for a zero amount (no rate is implied). What
+    `Amount.rate_used` gives a row converted by its settlement, as text."""
+    to_settlement = by_exponent(
+        settlement_currency,
+        zero=to_decimals_factor(currency, 0),
+        three=to_decimals_factor(currency, 3),
+        other=to_decimals_factor(currency, 2),
+    )
+    rate = func.round(cast(settled, Numeric) / func.nullif(amount * to_settlement, 0), 12)
+    return case(
+        (currency == settlement_currency, literal_column("'1'")),
+        else_=cast(func.trim_scale(rate), Text),
     )

@@ -36,47 +36,16 @@ from sqlalchemy import (
 from sqlalchemy.sql import FromClause, Join
 
 from app.models import fx_rates
-from app.money import THREE_DECIMAL, ZERO_DECIMAL, exponent
+from app.money import exponent, to_decimals_factor
 
 # The rules by name, in the order they are tried (what the CSV export's `conversion` says).
 SETTLEMENT, SAME, FX = "settlement", "same", "fx"
 
 
-def currency_codes(codes: frozenset[str]) -> list[ColumnElement[str]]:
-    # Inline constants: the same SQL text on every call, so PostgreSQL can reuse its plans.
-    return [literal_column(f"'{code}'") for code in sorted(codes)]
-
-
-def by_exponent(
-    currency: ColumnElement[str],
-    *,
-    zero: ColumnElement[Any],
-    three: ColumnElement[Any],
-    other: ColumnElement[Any],
-) -> ColumnElement[Any]:
-    """`zero`, `three` or `other` by the number of decimals of `currency` (app/money.py).
-
-    Most amounts are in two-decimal currencies, so they are told apart with one test against
-    the 21 other codes (an IN list that long PostgreSQL answers with a hash lookup) rather than
-    two lists tried in turn: this runs once per exported row."""
-    return case(
-        (
-            currency.in_(currency_codes(ZERO_DECIMAL | THREE_DECIMAL)),
-            case((currency.in_(currency_codes(THREE_DECIMAL)), three), else_=zero),
-        ),
-        else_=other,
-    )
-
-
 def to_reporting_scale(currency: ColumnElement[str], reporting: str) -> ColumnElement[Decimal]:
     """Factor from `currency` minor units (after the FX rate) to reporting minor units: an
     exact numeric power of ten (0.1, 1, 100...), so the product stays exact."""
-    target = exponent(reporting)
-
-    def factor(e: int) -> ColumnElement[Decimal]:
-        return literal_column(f"{Decimal(10) ** (target - e):f}::numeric")
-
-    return by_exponent(currency, zero=factor(0), three=factor(3), other=factor(2))
+    return to_decimals_factor(currency, exponent(reporting))
 
 
 def with_fx_rate(

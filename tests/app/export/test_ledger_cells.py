@@ -15,13 +15,12 @@ from sqlalchemy.types import Numeric
 from app.exports import (
     _converted_columns,
     _ledger_converted_columns,
-    _minor_to_major_factor,
     ledger_query,
 )
 from app.metrics.conversion import Amount
 from app.metrics.filters import build_filter
 from app.models import ledger_entries
-from app.money import format_major
+from app.money import format_major, minor_to_major_factor
 from tests.conftest import TestDatabase
 
 # Two-, zero- and three-decimal currencies.
@@ -149,7 +148,7 @@ def test_the_export_writes_from_the_stored_cells_what_it_worked_out_before(
 def test_the_amount_cell_is_what_the_export_worked_out_before(ledger: TestDatabase) -> None:
     # Before migration 0015 the amount cell was `amount * 10 ** -exponent(currency)`.
     le = ledger_entries.c
-    before = cast(le.amount * _minor_to_major_factor(le.currency), String)
+    before = cast(le.amount * minor_to_major_factor(le.currency), String)
     with ledger.engine.connect() as conn:
         got = conn.execute(select(le.entry_key, before, le.amount_major)).all()
 
